@@ -1,0 +1,129 @@
+/**
+ * Key hierarchy and primitives (libsodium through sodium-native; see
+ * docs/decisions/crypto-library.md for why not libsodium-wrappers).
+ *
+ *   master key (32 B, random, file mode 0600)
+ *     ├─ kdf(1, "zos-name") → name key   : streamKey = BLAKE2b-256(nameKey, stream name)
+ *     ├─ kdf(2, "zos-chan") → chain key  : chain_n   = BLAKE2b-256(chainKey, header_n ‖ BLAKE2b-256(ct_n))
+ *     ├─ kdf(3, "zos-strm") → stream root: entryKey  = BLAKE2b-256(streamRoot, streamKey)  (per stream)
+ *     ├─ kdf(4, "zos-audt") → audit key  : term hashes in the audit index
+ *     └─ kdf(5, "zos-kid_") → key id     : first 16 bytes, stored in headers to detect a wrong key
+ *
+ * Entries are sealed with XChaCha20-Poly1305 under the stream's key with a fresh
+ * random 24-byte nonce per entry (never a counter, never fixed).
+ */
+import sodium from 'sodium-native';
+
+export const KEY_BYTES = 32;
+export const NONCE_BYTES = 24;
+export const TAG_BYTES = 16;
+export const HASH_BYTES = 32;
+export const KEY_ID_BYTES = 16;
+
+const ctx = (s: string): Buffer => {
+  const b = Buffer.from(s, 'ascii');
+  if (b.length !== 8) throw new Error('kdf context must be 8 bytes');
+  return b;
+};
+
+function derive(master: Uint8Array, id: number, context: string): Buffer {
+  const out = Buffer.alloc(KEY_BYTES);
+  sodium.crypto_kdf_derive_from_key(out, id, ctx(context), master);
+  return out;
+}
+
+export function randomBytes(n: number): Buffer {
+  const b = Buffer.alloc(n);
+  sodium.randombytes_buf(b);
+  return b;
+}
+
+export function hash32(input: Uint8Array, key?: Uint8Array): Buffer {
+  const out = Buffer.alloc(HASH_BYTES);
+  if (key) sodium.crypto_generichash(out, input, key);
+  else sodium.crypto_generichash(out, input);
+  return out;
+}
+
+export function hashParts(parts: Uint8Array[], key?: Uint8Array, bytes = HASH_BYTES): Buffer {
+  const out = Buffer.alloc(bytes);
+  if (key) sodium.crypto_generichash_batch(out, parts, key);
+  else sodium.crypto_generichash_batch(out, parts);
+  return out;
+}
+
+/** Derived keys for one master key. Holds key material: never log it. */
+export class KeyRing {
+  readonly keyId: Buffer;
+  readonly #nameKey: Buffer;
+  readonly #chainKey: Buffer;
+  readonly #streamRoot: Buffer;
+  readonly #auditKey: Buffer;
+  readonly #streamKeys = new Map<string, Buffer>();
+  readonly #entryKeys = new Map<string, Buffer>();
+
+  constructor(master: Uint8Array) {
+    if (master.length !== KEY_BYTES) throw new Error(`master key must be ${KEY_BYTES} bytes`);
+    this.#nameKey = derive(master, 1, 'zos-name');
+    this.#chainKey = derive(master, 2, 'zos-chan');
+    this.#streamRoot = derive(master, 3, 'zos-strm');
+    this.#auditKey = derive(master, 4, 'zos-audt');
+    this.keyId = derive(master, 5, 'zos-kid_').subarray(0, KEY_ID_BYTES);
+  }
+
+  /** Keyed hash of a stream name: what the log stores instead of the name. */
+  streamKey(stream: string): Buffer {
+    let k = this.#streamKeys.get(stream);
+    if (!k) {
+      k = hash32(Buffer.from(stream, 'utf8'), this.#nameKey);
+      if (this.#streamKeys.size > 100_000) this.#streamKeys.clear();
+      this.#streamKeys.set(stream, k);
+    }
+    return k;
+  }
+
+  /** The per-stream AEAD key, derived from the stream key. */
+  entryKey(streamKey: Buffer): Buffer {
+    const id = streamKey.toString('latin1');
+    let k = this.#entryKeys.get(id);
+    if (!k) {
+      k = hash32(streamKey, this.#streamRoot);
+      if (this.#entryKeys.size > 100_000) this.#entryKeys.clear();
+      this.#entryKeys.set(id, k);
+    }
+    return k;
+  }
+
+  /** chain_n = BLAKE2b-256(chainKey, header ‖ BLAKE2b-256(ciphertext)). */
+  chain(header: Uint8Array, contentHash: Uint8Array): Buffer {
+    return hashParts([header, contentHash], this.#chainKey);
+  }
+
+  /** 16-byte keyed hash of an audit term (kind-prefixed), never the term itself. */
+  auditTerm(kind: string, term: string): Buffer {
+    return hashParts([Buffer.from(kind + '\0' + term, 'utf8')], this.#auditKey, 16);
+  }
+}
+
+export function seal(plain: Uint8Array, ad: Uint8Array, key: Uint8Array): { nonce: Buffer; ciphertext: Buffer } {
+  const nonce = randomBytes(NONCE_BYTES);
+  const ciphertext = Buffer.allocUnsafe(plain.length + TAG_BYTES);
+  sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(ciphertext, plain, ad, null, nonce, key);
+  return { nonce, ciphertext };
+}
+
+/** Returns null when authentication fails (wrong key or tampered bytes). */
+export function open(ciphertext: Uint8Array, ad: Uint8Array, nonce: Uint8Array, key: Uint8Array): Buffer | null {
+  if (ciphertext.length < TAG_BYTES || nonce.length !== NONCE_BYTES) return null;
+  const plain = Buffer.allocUnsafe(ciphertext.length - TAG_BYTES);
+  try {
+    sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(plain, null, ciphertext, ad, nonce, key);
+  } catch {
+    return null;
+  }
+  return plain;
+}
+
+export function contentHash(ciphertext: Uint8Array): Buffer {
+  return hash32(ciphertext);
+}

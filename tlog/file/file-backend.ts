@@ -1,0 +1,879 @@
+/**
+ * The embedded file backend: segmented append-only files, group commit with
+ * fdatasync before any append resolves, an entry index rebuilt from the
+ * segments when missing or stale, torn-tail repair on open, and safe sharing of
+ * one directory by several processes (a cross-process writer lock; readers
+ * catch up by reading what others appended).
+ */
+import { mkdirSync, readdirSync, watch, type FSWatcher } from 'node:fs';
+import { open, rename, mkdir, writeFile, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ZosError, ioError } from '../errors.ts';
+import {
+  decodeFrame,
+  encodeFrame,
+  encodeHeader,
+  ZERO_CHAIN,
+  FRAME_MAGIC,
+  type Frame,
+} from '../frame.ts';
+import type { BackendAppendResult, BackendStats, ChainSigner, LogBackend, TailState } from '../backend.ts';
+import type { SealedEntry } from '../sealer.ts';
+import type { ExpectedVersion } from '../types.ts';
+import { nowNs } from '../clock.ts';
+import { EntryTable, type EntryRow } from './entry-table.ts';
+import {
+  decodeIndexRecord,
+  decodeSegmentHeader,
+  encodeIndexHeader,
+  encodeIndexRecord,
+  encodeSegmentHeader,
+  indexHeaderMatches,
+  INDEX_HEADER_BYTES,
+  INDEX_RECORD_BYTES,
+  parseSegmentFileName,
+  segmentFileName,
+  SEGMENT_HEADER_BYTES,
+} from './formats.ts';
+import { Mutex } from './mutex.ts';
+import { WriterLock } from './writer-lock.ts';
+
+export interface FileBackendOptions {
+  /** Directory holding log/ and index/. */
+  dir: string;
+  signer: ChainSigner;
+  /** 16-byte id of this log (from the data directory's zos.json). */
+  logId: Buffer;
+  /** Rotate segments once they reach this size (default 256 MiB). */
+  segmentMaxBytes?: number;
+  /** Never take the writer lock, never repair; append() throws. */
+  readOnly?: boolean;
+  /** Upper bound of bytes committed in one group (default 16 MiB). */
+  groupMaxBytes?: number;
+}
+
+interface Segment {
+  base: bigint;
+  path: string;
+  /** Bytes known valid (header + whole frames). */
+  size: number;
+  fh: FileHandle | null;
+}
+
+interface Pending {
+  entry: SealedEntry;
+  expected: ExpectedVersion;
+  resolve: (r: BackendAppendResult) => void;
+  reject: (e: unknown) => void;
+}
+
+const READ_CHUNK = 1 << 20;
+
+export class FileBackend implements LogBackend {
+  readonly kind = 'file';
+  readonly #dir: string;
+  readonly #logDir: string;
+  readonly #indexPath: string;
+  readonly #signer: ChainSigner;
+  readonly #logId: Buffer;
+  readonly #segmentMaxBytes: number;
+  readonly #groupMaxBytes: number;
+  readonly #readOnly: boolean;
+  readonly #table = new EntryTable();
+  readonly #segments: Segment[] = [];
+  readonly #mutex = new Mutex();
+  #lock: WriterLock | null = null;
+  #lastChain: Buffer = ZERO_CHAIN;
+  #lastTime = 0n;
+  /** Entries [0, visible) may be read: our own appends become visible once durable. */
+  #visible = 0;
+  #indexFh: FileHandle | null = null;
+  #indexedCount = 0;
+  #pending: Pending[] = [];
+  #flushing = false;
+  #closed = false;
+  #waiters = new Set<() => void>();
+  #watcher: FSWatcher | null = null;
+  #pollTimer: NodeJS.Timeout | null = null;
+
+  private constructor(opts: FileBackendOptions) {
+    this.#dir = opts.dir;
+    this.#logDir = join(opts.dir, 'log');
+    this.#indexPath = join(opts.dir, 'index', 'entries.idx');
+    this.#signer = opts.signer;
+    this.#logId = opts.logId;
+    this.#segmentMaxBytes = opts.segmentMaxBytes ?? 256 * 1024 * 1024;
+    this.#groupMaxBytes = opts.groupMaxBytes ?? 16 * 1024 * 1024;
+    this.#readOnly = opts.readOnly ?? false;
+  }
+
+  static async open(opts: FileBackendOptions): Promise<FileBackend> {
+    const b = new FileBackend(opts);
+    try {
+      mkdirSync(b.#logDir, { recursive: true });
+      mkdirSync(join(opts.dir, 'index'), { recursive: true });
+    } catch (err) {
+      throw ioError(`cannot create ${b.#logDir}`, err);
+    }
+    if (!b.#readOnly) b.#lock = new WriterLock(opts.dir);
+    await b.#load();
+    return b;
+  }
+
+  // ---------------------------------------------------------------- loading
+
+  async #load(): Promise<void> {
+    this.#discoverSegments();
+    await this.#loadIndex();
+    if (this.#readOnly) {
+      await this.#catchUp(false);
+    } else {
+      await this.#lock!.acquire();
+      try {
+        await this.#catchUp(true);
+        await this.#writeMissingIndexRecords();
+      } finally {
+        await this.#lock!.release();
+      }
+    }
+    this.#visible = this.#table.length;
+  }
+
+  #discoverSegments(): void {
+    let names: string[];
+    try {
+      names = readdirSync(this.#logDir);
+    } catch (err) {
+      throw ioError(`cannot list ${this.#logDir}`, err);
+    }
+    const known = new Set(this.#segments.map((s) => s.base));
+    const bases = names
+      .map(parseSegmentFileName)
+      .filter((b): b is bigint => b !== null && !known.has(b))
+      .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    for (const base of bases) {
+      this.#segments.push({ base, path: join(this.#logDir, segmentFileName(base)), size: 0, fh: null });
+    }
+    this.#segments.sort((a, b) => (a.base < b.base ? -1 : a.base > b.base ? 1 : 0));
+  }
+
+  async #segmentFh(seg: Segment): Promise<FileHandle> {
+    if (!seg.fh) {
+      try {
+        seg.fh = await open(seg.path, this.#readOnly ? 'r' : 'r+');
+      } catch (err) {
+        throw ioError(`cannot open segment ${seg.path}`, err);
+      }
+    }
+    return seg.fh;
+  }
+
+  async #readAt(seg: Segment, offset: number, length: number): Promise<Buffer> {
+    const fh = await this.#segmentFh(seg);
+    const buf = Buffer.allocUnsafe(length);
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return got === length ? buf : buf.subarray(0, got);
+  }
+
+  async #checkSegmentHeader(seg: Segment): Promise<void> {
+    const hb = await this.#readAt(seg, 0, SEGMENT_HEADER_BYTES);
+    const h = decodeSegmentHeader(hb);
+    if (!h.ok) {
+      throw new ZosError('TLOG_CORRUPT', `segment ${seg.path} is unreadable: ${h.reason}; run zos log verify`, { context: { segment: seg.path } });
+    }
+    if (!h.header.keyId.equals(this.#signer.keyId)) {
+      throw new ZosError('TLOG_WRONG_KEY', 'wrong key: this log was written with a different master key; use the key file it was created with (--key-file or ZOS_KEY_FILE)');
+    }
+    if (h.header.basePosition !== seg.base) {
+      throw new ZosError('TLOG_CORRUPT', `segment ${seg.path} says it starts at position ${h.header.basePosition}, its name says ${seg.base}`);
+    }
+  }
+
+  /** Load index/entries.idx as far as it agrees with the segments. */
+  async #loadIndex(): Promise<void> {
+    let fh: FileHandle;
+    try {
+      fh = await open(this.#indexPath, this.#readOnly ? 'r' : 'a+');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw ioError(`cannot open ${this.#indexPath}`, err);
+    }
+    try {
+      const { size } = await fh.stat();
+      if (size < INDEX_HEADER_BYTES) return;
+      const data = Buffer.allocUnsafe(size);
+      await fh.read(data, 0, size, 0);
+      if (!indexHeaderMatches(data, this.#logId)) return;
+      const segIdx = new Map(this.#segments.map((s, i) => [s.base, i]));
+      const rows: EntryRow[] = [];
+      let expectPos = 0n;
+      for (let at = INDEX_HEADER_BYTES; at + INDEX_RECORD_BYTES <= size; at += INDEX_RECORD_BYTES) {
+        const r = decodeIndexRecord(data, at);
+        if (!r || r.position !== expectPos) break;
+        const si = segIdx.get(r.segmentBase);
+        if (si === undefined) break;
+        rows.push({ ...r, segment: si });
+        expectPos = r.position + BigInt(r.eventCount);
+      }
+      // Trust the index only as far as its last entry still matches the segment bytes.
+      while (rows.length > 0) {
+        const last = rows[rows.length - 1]!;
+        const seg = this.#segments[last.segment]!;
+        const buf = await this.#readAt(seg, last.offset, last.frameSize);
+        const d = decodeFrame(buf);
+        if (d.kind === 'frame' && d.frame.position === last.position && d.frame.size === last.frameSize) {
+          this.#lastChain = Buffer.from(d.frame.chain);
+          this.#lastTime = d.frame.commitTimeNs;
+          break;
+        }
+        rows.length = Math.max(0, rows.length - Math.max(1, rows.length >> 4));
+      }
+      for (const r of rows) this.#table.push(r);
+      this.#indexedCount = rows.length;
+      for (let s = 0; s < this.#segments.length; s++) {
+        // Segment sizes are settled by #catchUp; mark fully indexed segments.
+        const seg = this.#segments[s]!;
+        seg.size = 0;
+      }
+      if (rows.length > 0) {
+        const last = rows[rows.length - 1]!;
+        for (let s = 0; s < last.segment; s++) this.#segments[s]!.size = -1; // sealed, size resolved lazily
+        this.#segments[last.segment]!.size = last.offset + last.frameSize;
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /**
+   * Read frames beyond what the table holds and add them. As the writer
+   * (`repair`), cut a torn tail; otherwise stop at anything incomplete.
+   */
+  async #catchUp(repair: boolean): Promise<void> {
+    this.#discoverSegments();
+    if (this.#segments.length === 0) return;
+    // Start at the segment holding the table's end.
+    let si = 0;
+    if (this.#table.length > 0) si = this.#table.segmentOf(this.#table.length - 1);
+    for (; si < this.#segments.length; si++) {
+      const seg = this.#segments[si]!;
+      if (seg.size <= 0) {
+        if (seg.base !== this.#table.head) {
+          if (seg.size === -1) continue; // earlier sealed segment
+          if (seg.base > this.#table.head) {
+            throw new ZosError('TLOG_CORRUPT', `segment ${segmentFileName(seg.base)} starts at position ${seg.base} but the log before it ends at ${this.#table.head}: entries are missing; run zos log verify`);
+          }
+          continue;
+        }
+        await this.#checkSegmentHeader(seg);
+        seg.size = SEGMENT_HEADER_BYTES;
+      }
+      const stop = await this.#scanSegment(seg, si, repair);
+      if (stop === 'incomplete') return;
+      const next = this.#segments[si + 1];
+      if (!next) return;
+      if (next.base !== this.#table.head) {
+        if (next.base < this.#table.head) {
+          throw new ZosError('TLOG_CORRUPT', `segment ${segmentFileName(next.base)} overlaps the one before it (which ends at position ${this.#table.head}); run zos log verify`);
+        }
+        throw new ZosError('TLOG_CORRUPT', `segment ${segmentFileName(next.base)} starts at position ${next.base} but the log before it ends at ${this.#table.head}: entries are missing; run zos log verify`);
+      }
+    }
+  }
+
+  /** Scan one segment from its known size; returns how the scan ended. */
+  async #scanSegment(seg: Segment, si: number, repair: boolean): Promise<'end' | 'incomplete'> {
+    const fh = await this.#segmentFh(seg);
+    const { size: fileSize } = await fh.stat();
+    let offset = seg.size;
+    let buf: Buffer = Buffer.alloc(0);
+    let bufStart = offset;
+    while (offset < fileSize) {
+      const rel = offset - bufStart;
+      let d = decodeFrame(buf, rel);
+      if (d.kind === 'incomplete' && bufStart + buf.length < fileSize) {
+        const want = Math.max(READ_CHUNK, d.needed);
+        const chunk = await this.#readAt(seg, offset, Math.min(want, fileSize - offset));
+        buf = chunk;
+        bufStart = offset;
+        d = decodeFrame(buf, 0);
+      }
+      if (d.kind === 'frame') {
+        this.#acceptFrame(d.frame, si, offset);
+        offset += d.frame.size;
+        seg.size = offset;
+        continue;
+      }
+      // Something other than a whole valid frame at `offset`.
+      if (!repair) return 'incomplete';
+      const rest = await this.#readAt(seg, offset, fileSize - offset);
+      if (d.kind === 'incomplete' || rest.every((x) => x === 0)) {
+        await this.#cutTail(seg, offset, rest);
+        return 'end';
+      }
+      if (hasLaterFrame(rest)) {
+        throw new ZosError('TLOG_CORRUPT', `corrupt entry at position ${this.#table.head} (${segmentFileName(seg.base)} offset ${offset}): ${d.reason}; valid entries follow it, so it is not a torn write. Run zos log verify and restore the segment from a copy`, {
+          context: { position: this.#table.head, segment: seg.path, offset },
+        });
+      }
+      throw new ZosError('TLOG_CORRUPT', `the log ends in a corrupt entry at position ${this.#table.head} (${segmentFileName(seg.base)} offset ${offset}): ${d.reason}. If this follows a power loss, run zos log repair to cut it (the bytes are kept under log/quarantine)`, {
+        context: { position: this.#table.head, segment: seg.path, offset },
+      });
+    }
+    return 'end';
+  }
+
+  #acceptFrame(f: Frame, si: number, offset: number): void {
+    const head = this.#table.head;
+    if (f.position !== head) {
+      throw new ZosError('TLOG_CORRUPT', `entry at ${segmentFileName(this.#segments[si]!.base)} offset ${offset} claims position ${f.position}, expected ${head}; run zos log verify`);
+    }
+    if (!f.prevChain.equals(this.#lastChain)) {
+      throw new ZosError('TLOG_CHAIN_BROKEN', `hash chain broken at position ${f.position}: the entry does not link to the one before it; run zos log verify`);
+    }
+    const s = this.#table.stream(f.streamKey);
+    const current = s ? s.version : -1n;
+    if (f.firstVersion !== current + 1n) {
+      throw new ZosError('TLOG_CORRUPT', `entry at position ${f.position} continues its stream at version ${f.firstVersion}, but the stream is at ${current}; run zos log verify`);
+    }
+    this.#table.push({
+      position: f.position,
+      firstVersion: f.firstVersion,
+      commitTimeNs: f.commitTimeNs,
+      segment: si,
+      offset,
+      eventCount: f.eventCount,
+      frameSize: f.size,
+      streamKey: f.streamKey,
+    });
+    this.#lastChain = Buffer.from(f.chain);
+    if (f.commitTimeNs > this.#lastTime) this.#lastTime = f.commitTimeNs;
+  }
+
+  async #cutTail(seg: Segment, offset: number, rest: Buffer): Promise<void> {
+    if (rest.length === 0) return;
+    const qdir = join(this.#logDir, 'quarantine');
+    try {
+      await mkdir(qdir, { recursive: true });
+      if (!rest.every((x) => x === 0)) {
+        await writeFile(join(qdir, `${segmentFileName(seg.base)}.${offset}.${Date.now()}.tail`), rest, { mode: 0o600 });
+      }
+      const fh = await this.#segmentFh(seg);
+      await fh.truncate(offset);
+      await fh.datasync();
+    } catch (err) {
+      throw ioError(`cannot cut the torn tail of ${seg.path}`, err);
+    }
+    seg.size = offset;
+  }
+
+  async #openIndexForWrite(): Promise<FileHandle> {
+    if (this.#indexFh) return this.#indexFh;
+    let fh = await open(this.#indexPath, 'a+').catch((err) => {
+      throw ioError(`cannot open ${this.#indexPath}`, err);
+    });
+    const { size } = await fh.stat();
+    const head = Buffer.alloc(INDEX_HEADER_BYTES);
+    if (size >= INDEX_HEADER_BYTES) await fh.read(head, 0, INDEX_HEADER_BYTES, 0);
+    if (size < INDEX_HEADER_BYTES || !indexHeaderMatches(head, this.#logId)) {
+      // Missing, foreign or damaged: start it anew (it is only a cache).
+      await fh.close();
+      const tmp = `${this.#indexPath}.${process.pid}.tmp`;
+      await writeFile(tmp, encodeIndexHeader(this.#logId));
+      await rename(tmp, this.#indexPath);
+      fh = await open(this.#indexPath, 'r+');
+      this.#indexedCount = 0;
+    } else {
+      await fh.close();
+      fh = await open(this.#indexPath, 'r+');
+    }
+    this.#indexFh = fh;
+    return fh;
+  }
+
+  /** Bring index/entries.idx up to the table (caller holds the writer lock). */
+  async #writeMissingIndexRecords(): Promise<void> {
+    const fh = await this.#openIndexForWrite();
+    const from = Math.min(this.#indexedCount, this.#table.length);
+    if (from === this.#table.length) return;
+    const n = this.#table.length - from;
+    const out = Buffer.alloc(n * INDEX_RECORD_BYTES);
+    for (let i = 0; i < n; i++) {
+      const r = this.#table.row(from + i);
+      encodeIndexRecord({ ...r, segmentBase: this.#segments[r.segment]!.base }, out, i * INDEX_RECORD_BYTES);
+    }
+    await fh.write(out, 0, out.length, INDEX_HEADER_BYTES + from * INDEX_RECORD_BYTES);
+    this.#indexedCount = this.#table.length;
+    const expectedSize = INDEX_HEADER_BYTES + this.#table.length * INDEX_RECORD_BYTES;
+    const { size } = await fh.stat();
+    if (size > expectedSize) await fh.truncate(expectedSize);
+  }
+
+  // ---------------------------------------------------------------- appends
+
+  append(entry: SealedEntry, expected: ExpectedVersion): Promise<BackendAppendResult> {
+    if (this.#closed) return Promise.reject(new ZosError('TLOG_CLOSED', 'the log is closed'));
+    if (this.#readOnly) return Promise.reject(new ZosError('TLOG_INVALID_ARGUMENT', 'this log was opened read-only'));
+    return new Promise((resolve, reject) => {
+      this.#pending.push({ entry, expected, resolve, reject });
+      if (!this.#flushing) {
+        this.#flushing = true;
+        setImmediate(() => void this.#flushLoop());
+      }
+    });
+  }
+
+  async #flushLoop(): Promise<void> {
+    try {
+      while (this.#pending.length > 0) {
+        let bytes = 0;
+        let n = 0;
+        while (n < this.#pending.length && (n === 0 || bytes < this.#groupMaxBytes)) {
+          bytes += this.#pending[n]!.entry.ciphertext.length + 256;
+          n++;
+        }
+        const group = this.#pending.splice(0, n);
+        try {
+          await this.#mutex.run(() => this.#commit(group));
+        } catch (err) {
+          for (const p of group) p.reject(err);
+        }
+      }
+    } finally {
+      this.#flushing = false;
+    }
+  }
+
+  /** One group commit: lock, catch up, check versions, write, unlock, fdatasync, resolve. */
+  async #commit(group: Pending[]): Promise<void> {
+    const lock = this.#lock!;
+    await lock.acquire();
+    const results: Array<{ p: Pending; r: BackendAppendResult } | null> = [];
+    const touched = new Set<Segment>();
+    let createdSegment = false;
+    try {
+      await this.#catchUp(true);
+      this.#visible = this.#table.length;
+      await this.#writeMissingIndexRecords();
+      // Plan the group: assign positions/versions and build frames.
+      const pendingVersions = new Map<string, bigint>();
+      const frames: Array<{ frame: Buffer; row: Omit<EntryRow, 'segment' | 'offset'>; chain: Buffer }> = [];
+      let head = this.#table.head;
+      let chain = this.#lastChain;
+      let time = nowNs();
+      if (time <= this.#lastTime) time = this.#lastTime + 1n;
+      for (const p of group) {
+        const k = p.entry.streamKey.toString('latin1');
+        const current = pendingVersions.get(k) ?? this.#table.stream(p.entry.streamKey)?.version ?? -1n;
+        const conflict = checkExpected(p.expected, current);
+        if (conflict) {
+          p.reject(conflict);
+          results.push(null);
+          continue;
+        }
+        const header = {
+          flags: p.entry.flags,
+          eventCount: p.entry.eventCount,
+          position: head,
+          firstVersion: current + 1n,
+          commitTimeNs: time,
+          streamKey: p.entry.streamKey,
+          prevChain: chain,
+          nonce: p.entry.nonce,
+        };
+        const headerBytes = encodeHeader(header);
+        chain = this.#signer.chain(headerBytes, p.entry.contentHash);
+        const frame = encodeFrame(headerBytes, p.entry.ciphertext, chain);
+        frames.push({ frame, chain, row: { position: head, firstVersion: header.firstVersion, commitTimeNs: time, eventCount: header.eventCount, frameSize: frame.length, streamKey: p.entry.streamKey } });
+        results.push({ p, r: { position: head, firstVersion: header.firstVersion, commitTimeNs: time } });
+        pendingVersions.set(k, current + BigInt(p.entry.eventCount));
+        head += BigInt(p.entry.eventCount);
+      }
+      // Write frames, rotating segments on entry boundaries.
+      let i = 0;
+      while (i < frames.length) {
+        let seg = this.#segments[this.#segments.length - 1];
+        if (!seg || (seg.size > SEGMENT_HEADER_BYTES && seg.size + frames[i]!.frame.length > this.#segmentMaxBytes)) {
+          seg = await this.#createSegment(frames[i]!.row.position);
+          createdSegment = true;
+        }
+        const si = this.#segments.length - 1;
+        const parts: Buffer[] = [];
+        let len = 0;
+        const start = seg.size;
+        while (i < frames.length && (len === 0 || start + len + frames[i]!.frame.length <= this.#segmentMaxBytes)) {
+          const f = frames[i]!;
+          parts.push(f.frame);
+          this.#table.push({ ...f.row, segment: si, offset: start + len });
+          this.#lastChain = f.chain;
+          len += f.frame.length;
+          i++;
+        }
+        const fh = await this.#segmentFh(seg);
+        try {
+          await writeFully(fh, parts.length === 1 ? parts[0]! : Buffer.concat(parts, len), start);
+        } catch (err) {
+          // Undo: nothing of this group may stay visible or on disk.
+          await fh.truncate(start).catch(() => undefined);
+          throw ioError(`cannot write to ${seg.path}`, err);
+        }
+        seg.size = start + len;
+        touched.add(seg);
+      }
+      this.#lastTime = time;
+      await this.#writeMissingIndexRecords();
+    } catch (err) {
+      // Roll the in-memory state back to what is on disk; the next commit re-reads it.
+      this.#table.truncate(this.#visible);
+      this.#lastChain = ZERO_CHAIN;
+      await this.#reloadAfterFailure();
+      throw err;
+    } finally {
+      await lock.release();
+    }
+    try {
+      for (const seg of touched) await seg.fh!.datasync();
+      if (createdSegment) await syncDir(this.#logDir);
+    } catch (err) {
+      // Durability unknown: fail the group loudly; the entries may or may not survive.
+      const e = ioError('fdatasync failed; the appends in this group may not be durable', err);
+      for (const x of results) x?.p.reject(e);
+      this.#visible = this.#table.length;
+      return;
+    }
+    this.#visible = this.#table.length;
+    for (const x of results) x?.p.resolve(x.r);
+    this.#notify();
+  }
+
+  async #reloadAfterFailure(): Promise<void> {
+    // Recompute the chain head from the last visible entry.
+    if (this.#table.length === 0) {
+      this.#lastChain = ZERO_CHAIN;
+      for (const s of this.#segments) s.size = s.size === -1 ? -1 : 0;
+      return;
+    }
+    const last = this.#table.row(this.#table.length - 1);
+    const seg = this.#segments[last.segment]!;
+    const d = decodeFrame(await this.#readAt(seg, last.offset, last.frameSize));
+    if (d.kind === 'frame') this.#lastChain = Buffer.from(d.frame.chain);
+    seg.size = last.offset + last.frameSize;
+    for (let s = last.segment + 1; s < this.#segments.length; s++) this.#segments[s]!.size = 0;
+  }
+
+  async #createSegment(base: bigint): Promise<Segment> {
+    const path = join(this.#logDir, segmentFileName(base));
+    const tmp = `${path}.${process.pid}.tmp`;
+    try {
+      const fh = await open(tmp, 'w', 0o600);
+      await fh.write(encodeSegmentHeader({ basePosition: base, createdNs: nowNs(), keyId: this.#signer.keyId }));
+      await fh.datasync();
+      await fh.close();
+      await rename(tmp, path);
+      await syncDir(this.#logDir);
+    } catch (err) {
+      throw ioError(`cannot create segment ${path}`, err);
+    }
+    const seg: Segment = { base, path, size: SEGMENT_HEADER_BYTES, fh: null };
+    this.#segments.push(seg);
+    return seg;
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  async #refresh(): Promise<void> {
+    await this.#mutex.run(async () => {
+      if (this.#closed) return;
+      const before = this.#table.length;
+      if (this.#visible < before) return; // our own group is being made durable
+      await this.#catchUp(false);
+      this.#visible = this.#table.length;
+    });
+  }
+
+  async #frameOf(i: number): Promise<Frame> {
+    const r = this.#table.row(i);
+    const seg = this.#segments[r.segment]!;
+    return this.#decodeAt(seg, r.offset, r.frameSize, r.position, await this.#readAt(seg, r.offset, r.frameSize), 0);
+  }
+
+  #decodeAt(seg: Segment, offset: number, size: number, position: bigint, buf: Buffer, rel: number): Frame {
+    const d = decodeFrame(buf, rel);
+    if (d.kind !== 'frame' || d.frame.size !== size || d.frame.position !== position) {
+      const reason = d.kind === 'corrupt' ? d.reason : d.kind === 'incomplete' ? 'the segment ends inside it' : `found position ${d.frame.position}`;
+      throw new ZosError('TLOG_CORRUPT', `corrupt entry at position ${position} (${segmentFileName(seg.base)} offset ${offset}): ${reason}; run zos log verify`, {
+        context: { position, segment: seg.path, offset },
+      });
+    }
+    return d.frame;
+  }
+
+  async *#framesFromEntry(first: number): AsyncGenerator<Frame> {
+    let buf: Buffer = Buffer.alloc(0);
+    let bufSeg = -1;
+    let bufStart = 0;
+    for (let i = first; i < this.#visible; i++) {
+      const si = this.#table.segmentOf(i);
+      const off = this.#table.offsetOf(i);
+      const size = this.#table.sizeOf(i);
+      if (si !== bufSeg || off < bufStart || off + size > bufStart + buf.length) {
+        const seg = this.#segments[si]!;
+        const end = seg.size > 0 ? seg.size : off + Math.max(size, READ_CHUNK);
+        buf = await this.#readAt(seg, off, Math.max(size, Math.min(READ_CHUNK, end - off)));
+        bufSeg = si;
+        bufStart = off;
+      }
+      const r = this.#table.row(i);
+      yield this.#decodeAt(this.#segments[si]!, off, size, r.position, buf, off - bufStart);
+    }
+  }
+
+  async *readFrames(fromPosition: bigint): AsyncGenerator<Frame> {
+    await this.#refresh();
+    if (fromPosition >= this.#table.head || this.#visible === 0) return;
+    let first = this.#table.entryForPosition(fromPosition < 0n ? 0n : fromPosition, this.#visible);
+    if (first < 0) first = 0;
+    yield* this.#framesFromEntry(first);
+  }
+
+  async *readStreamFrames(streamKey: Buffer, fromVersion: bigint, direction: 'forward' | 'backward'): AsyncGenerator<Frame> {
+    await this.#refresh();
+    const s = this.#table.stream(streamKey);
+    if (!s) return;
+    const visible = this.#visible;
+    if (direction === 'forward') {
+      for (let j = this.#table.streamIndexForVersion(s, fromVersion); j < s.entries.length; j++) {
+        const e = s.entries[j]!;
+        if (e >= visible) return;
+        yield await this.#frameOf(e);
+      }
+    } else {
+      let j = Math.min(this.#table.streamIndexForVersion(s, fromVersion), s.entries.length - 1);
+      for (; j >= 0; j--) {
+        const e = s.entries[j]!;
+        if (e >= visible) continue;
+        yield await this.#frameOf(e);
+      }
+    }
+  }
+
+  /** Walk every segment from the start without any index: what verify uses. */
+  async *scanAll(): AsyncGenerator<Frame> {
+    await this.#refresh();
+    const segs = [...this.#segments];
+    let expectPos = 0n;
+    for (const seg of segs) {
+      const hb = await this.#readAt(seg, 0, SEGMENT_HEADER_BYTES);
+      const h = decodeSegmentHeader(hb);
+      if (!h.ok) throw new ZosError('TLOG_CORRUPT', `segment ${segmentFileName(seg.base)} (position ${expectPos}) is unreadable: ${h.reason}`, { context: { position: expectPos } });
+      if (!h.header.keyId.equals(this.#signer.keyId)) throw new ZosError('TLOG_WRONG_KEY', 'wrong key: this log was written with a different master key; use the key file it was created with (--key-file or ZOS_KEY_FILE)');
+      if (h.header.basePosition !== expectPos) {
+        throw new ZosError('TLOG_CORRUPT', `position ${expectPos}: segment ${segmentFileName(seg.base)} starts at position ${h.header.basePosition} — entries are missing or out of order`, { context: { position: expectPos } });
+      }
+      const fh = await this.#segmentFh(seg);
+      const { size } = await fh.stat();
+      const isLast = seg === segs[segs.length - 1];
+      let offset = SEGMENT_HEADER_BYTES;
+      let buf: Buffer = Buffer.alloc(0);
+      let bufStart = offset;
+      while (offset < size) {
+        let d = decodeFrame(buf, offset - bufStart);
+        if (d.kind === 'incomplete' && bufStart + buf.length < size) {
+          buf = await this.#readAt(seg, offset, Math.min(Math.max(READ_CHUNK, d.needed), size - offset));
+          bufStart = offset;
+          d = decodeFrame(buf, 0);
+        }
+        if (d.kind !== 'frame') {
+          if (isLast && d.kind === 'incomplete') break; // torn tail: reported by tailState()
+          throw new ZosError('TLOG_CORRUPT', `position ${expectPos}: ${d.kind === 'corrupt' ? d.reason : 'entry is truncated'} (${segmentFileName(seg.base)} offset ${offset})`, {
+            context: { position: expectPos, segment: seg.path, offset },
+          });
+        }
+        expectPos = d.frame.position + BigInt(d.frame.eventCount);
+        offset += d.frame.size;
+        yield d.frame;
+      }
+    }
+  }
+
+  async tailState(): Promise<TailState> {
+    return this.#mutex.run(async () => {
+      this.#discoverSegments();
+      const seg = this.#segments[this.#segments.length - 1];
+      if (!seg || seg.size <= 0) return { kind: 'clean' };
+      const { size } = await (await this.#segmentFh(seg)).stat();
+      if (size > seg.size) return { kind: 'torn', bytes: size - seg.size, position: this.#table.head };
+      return { kind: 'clean' };
+    });
+  }
+
+  async streamVersion(streamKey: Buffer): Promise<bigint> {
+    await this.#refresh();
+    const s = this.#table.stream(streamKey);
+    if (!s) return -1n;
+    const last = s.entries[s.entries.length - 1];
+    if (last === undefined || last < this.#visible) return s.version;
+    let j = s.entries.length - 1;
+    while (j >= 0 && s.entries[j]! >= this.#visible) j--;
+    if (j < 0) return -1n;
+    const r = this.#table.row(s.entries[j]!);
+    return r.firstVersion + BigInt(r.eventCount) - 1n;
+  }
+
+  async headPosition(): Promise<bigint> {
+    await this.#refresh();
+    if (this.#visible === 0) return 0n;
+    const r = this.#table.row(this.#visible - 1);
+    return r.position + BigInt(r.eventCount);
+  }
+
+  async positionForTime(timeNs: bigint): Promise<bigint> {
+    await this.#refresh();
+    const i = this.#table.entryForTime(timeNs, this.#visible);
+    if (i >= this.#visible) return this.headPosition();
+    return this.#table.row(i).position;
+  }
+
+  async waitForAppend(afterPosition: bigint, signal?: AbortSignal, timeoutMs?: number): Promise<boolean> {
+    if ((await this.headPosition()) > afterPosition) return true;
+    if (signal?.aborted || this.#closed) return false;
+    this.#startWatching();
+    return new Promise<boolean>((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const done = (v: boolean): void => {
+        this.#waiters.delete(wake);
+        signal?.removeEventListener('abort', onAbort);
+        if (timer) clearTimeout(timer);
+        resolve(v);
+      };
+      const wake = (): void => {
+        void this.headPosition().then(
+          (h) => {
+            if (h > afterPosition) done(true);
+            else if (this.#closed) done(false);
+          },
+          () => done(false),
+        );
+      };
+      const onAbort = (): void => done(false);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (timeoutMs !== undefined) timer = setTimeout(() => done(false), timeoutMs);
+      this.#waiters.add(wake);
+      wake();
+    });
+  }
+
+  #notify(): void {
+    for (const w of [...this.#waiters]) w();
+    if (this.#waiters.size === 0) this.#stopWatching();
+  }
+
+  #startWatching(): void {
+    if (this.#watcher || this.#closed) return;
+    try {
+      this.#watcher = watch(this.#logDir, { persistent: false }, () => this.#notify());
+      this.#watcher.on('error', () => undefined);
+    } catch {
+      this.#watcher = null;
+    }
+    // inotify can miss events (e.g. on some network filesystems): poll as a backstop.
+    this.#pollTimer = setInterval(() => this.#notify(), 250);
+    this.#pollTimer.unref();
+  }
+
+  #stopWatching(): void {
+    this.#watcher?.close();
+    this.#watcher = null;
+    if (this.#pollTimer) clearInterval(this.#pollTimer);
+    this.#pollTimer = null;
+  }
+
+  async stats(): Promise<BackendStats> {
+    await this.#refresh();
+    let bytes = 0;
+    for (const seg of this.#segments) {
+      try {
+        bytes += (await (await this.#segmentFh(seg)).stat()).size;
+      } catch {
+        /* vanished */
+      }
+    }
+    const n = this.#visible;
+    return {
+      kind: this.kind,
+      entries: n,
+      events: await this.headPosition(),
+      streams: this.#table.streams.size,
+      bytes,
+      segments: this.#segments.length,
+      firstCommitTimeNs: n > 0 ? this.#table.timeOf(0) : null,
+      lastCommitTimeNs: n > 0 ? this.#table.timeOf(n - 1) : null,
+      location: this.#dir,
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    // Let queued appends finish first.
+    while (this.#flushing || this.#pending.length > 0) await new Promise((r) => setTimeout(r, 1));
+    this.#closed = true;
+    this.#stopWatching();
+    for (const w of [...this.#waiters]) w();
+    await this.#mutex.run(async () => {
+      for (const seg of this.#segments) {
+        await seg.fh?.close().catch(() => undefined);
+        seg.fh = null;
+      }
+      await this.#indexFh?.close().catch(() => undefined);
+      this.#indexFh = null;
+    });
+  }
+}
+
+function checkExpected(expected: ExpectedVersion, current: bigint): ZosError | null {
+  const ok =
+    expected === 'any' ||
+    (expected === 'no-stream' && current === -1n) ||
+    (expected === 'exists' && current >= 0n) ||
+    (typeof expected === 'bigint' && expected === current);
+  if (ok) return null;
+  const want = typeof expected === 'bigint' ? expected.toString() : expected;
+  const actual = current === -1n ? 'no-stream' : current.toString();
+  return new ZosError('TLOG_VERSION_CONFLICT', `expected version ${want}, actual ${actual}`, {
+    context: { expected: want, actual },
+  });
+}
+
+async function writeFully(fh: FileHandle, buf: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
+    if (bytesWritten === 0) throw new Error('short write');
+    done += bytesWritten;
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+function hasLaterFrame(rest: Buffer): boolean {
+  const magic = Buffer.alloc(4);
+  magic.writeUInt32LE(FRAME_MAGIC, 0);
+  let at = rest.indexOf(magic, 1);
+  while (at >= 0) {
+    if (decodeFrame(rest, at).kind === 'frame') return true;
+    at = rest.indexOf(magic, at + 1);
+  }
+  return false;
+}

@@ -1,0 +1,96 @@
+/**
+ * Sealing: entry body → Avro → LZ4 (when it helps) → XChaCha20-Poly1305 under
+ * the stream's key with a random nonce. Opening reverses it and turns the
+ * envelopes into RecordedEvents using the frame header's position/version.
+ */
+import { compressSync, uncompressSync } from 'lz4-napi';
+import { contentHash, open, seal, type KeyRing } from './crypto.ts';
+import { ZosError } from './errors.ts';
+import { entryAd, FLAG_LZ4, type Frame } from './frame.ts';
+import { bytesToUuid, decodeEntryBody, encodeEntryBody, type EntryBody } from './record.ts';
+import type { PayloadSchemas } from './payload-schemas.ts';
+import { asPosition, type RecordedEvent } from './types.ts';
+
+/** An entry ready for a backend: everything but position, version, time and chain. */
+export interface SealedEntry {
+  streamKey: Buffer;
+  eventCount: number;
+  flags: number;
+  nonce: Buffer;
+  ciphertext: Buffer;
+  /** BLAKE2b-256 of the ciphertext, computed outside the writer's critical section. */
+  contentHash: Buffer;
+}
+
+/** Plaintext smaller than this is stored uncompressed (LZ4 rarely wins there). */
+const COMPRESS_MIN_BYTES = 96;
+
+export function sealEntry(keys: KeyRing, body: EntryBody): SealedEntry {
+  const streamKey = keys.streamKey(body.stream);
+  const plain = encodeEntryBody(body);
+  let flags = 0;
+  let payload = plain;
+  if (plain.length >= COMPRESS_MIN_BYTES) {
+    const compressed = compressSync(plain);
+    if (compressed.length < plain.length) {
+      payload = compressed;
+      flags |= FLAG_LZ4;
+    }
+  }
+  const { nonce, ciphertext } = seal(payload, entryAd(streamKey), keys.entryKey(streamKey));
+  return { streamKey, eventCount: body.events.length, flags, nonce, ciphertext, contentHash: contentHash(ciphertext) };
+}
+
+/** Decrypt and decode an entry's body. Throws TLOG_DECRYPT_FAILED / TLOG_BAD_RECORD. */
+export function openEntryBody(keys: KeyRing, frame: Frame): EntryBody {
+  const plain = open(frame.ciphertext, entryAd(frame.streamKey), frame.nonce, keys.entryKey(frame.streamKey));
+  if (!plain) {
+    throw new ZosError('TLOG_DECRYPT_FAILED', `entry at position ${frame.position} failed authentication: the key is wrong or the entry was tampered with`, {
+      context: { position: frame.position },
+    });
+  }
+  let bytes = plain;
+  if (frame.flags & FLAG_LZ4) {
+    try {
+      bytes = uncompressSync(plain);
+    } catch (err) {
+      throw new ZosError('TLOG_BAD_RECORD', `entry at position ${frame.position} does not decompress: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  const body = decodeEntryBody(bytes);
+  if (body.events.length !== frame.eventCount) {
+    throw new ZosError('TLOG_BAD_RECORD', `entry at position ${frame.position} holds ${body.events.length} events but its header says ${frame.eventCount}`);
+  }
+  if (!keys.streamKey(body.stream).equals(frame.streamKey)) {
+    throw new ZosError('TLOG_BAD_RECORD', `entry at position ${frame.position} names a stream that does not match its stream key`);
+  }
+  return body;
+}
+
+export function toRecordedEvents(
+  frame: Frame,
+  body: EntryBody,
+  schemas: PayloadSchemas,
+  fromIndex = 0,
+): RecordedEvent[] {
+  const out: RecordedEvent[] = [];
+  for (let i = fromIndex; i < body.events.length; i++) {
+    const e = body.events[i]!;
+    out.push({
+      id: bytesToUuid(e.id),
+      stream: body.stream,
+      type: e.type,
+      version: frame.firstVersion + BigInt(i),
+      position: asPosition(frame.position + BigInt(i)),
+      timestampNs: e.timestampNs,
+      commitTimeNs: frame.commitTimeNs,
+      actor: e.actor,
+      correlationId: e.correlationId,
+      causationId: e.causationId,
+      schemaVersion: e.schemaVersion,
+      encoding: e.encoding === 'AVRO' ? 'avro' : 'msgpack',
+      data: schemas.decode(e.type, e.encoding, e.schemaVersion, e.payload),
+    });
+  }
+  return out;
+}

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync, renameSync } from '
 import { join, resolve } from 'node:path';
 import { contentHash, KeyRing, randomBytes } from './crypto.ts';
 import { ZosError, isZosError } from './errors.ts';
-import { ZERO_CHAIN, type Frame } from './frame.ts';
+import { CHAIN_BYTES, HEADER_BYTES, MAX_BODY_BYTES, ZERO_CHAIN, type Frame } from './frame.ts';
 import { createKeyFile, loadKeyFile } from './keyfile.ts';
 import { PayloadSchemas } from './payload-schemas.ts';
 import { openEntryBody, sealEntry, toRecordedEvents } from './sealer.ts';
@@ -44,6 +44,8 @@ export interface TlogOpenOptions {
   keyFile?: string;
   readOnly?: boolean;
   segmentMaxBytes?: number;
+  /** Cut a corrupt last entry that nothing valid follows (zos log repair --corrupt-tail). */
+  repairCorruptTail?: boolean;
   /** Called with non-fatal warnings (e.g. a key file readable by others). */
   onWarning?: (message: string) => void;
 }
@@ -181,6 +183,7 @@ export class Tlog {
       logId: Buffer.from(meta.logId, 'hex'),
       readOnly: opts.readOnly ?? false,
       ...(opts.segmentMaxBytes === undefined ? {} : { segmentMaxBytes: opts.segmentMaxBytes }),
+      ...(opts.repairCorruptTail ? { repairCorruptTail: true } : {}),
     });
     const log = new Tlog(backend, keys, opts.dataDir);
     await log.#loadSchemas();
@@ -237,6 +240,10 @@ export class Tlog {
       };
     });
     const sealed = sealEntry(this.#keys, { stream, events: envelopes });
+    const bodyBytes = HEADER_BYTES + sealed.ciphertext.length + CHAIN_BYTES;
+    if (bodyBytes > MAX_BODY_BYTES) {
+      throw new ZosError('TLOG_ENTRY_TOO_LARGE', `this append seals to ${bodyBytes} bytes, over the ${MAX_BODY_BYTES}-byte entry limit; split it into smaller appends`);
+    }
     const exp = expected === -1n ? 'no-stream' : expected;
     try {
       const r = await this.backend.append(sealed, exp);

@@ -50,6 +50,8 @@ export interface FileBackendOptions {
   readOnly?: boolean;
   /** Upper bound of bytes committed in one group (default 16 MiB). */
   groupMaxBytes?: number;
+  /** Also cut a corrupt (not just incomplete) last entry that nothing valid follows. */
+  repairCorruptTail?: boolean;
 }
 
 interface Segment {
@@ -79,6 +81,7 @@ export class FileBackend implements LogBackend {
   readonly #segmentMaxBytes: number;
   readonly #groupMaxBytes: number;
   readonly #readOnly: boolean;
+  readonly #repairCorruptTail: boolean;
   readonly #table = new EntryTable();
   readonly #segments: Segment[] = [];
   readonly #mutex = new Mutex();
@@ -105,6 +108,7 @@ export class FileBackend implements LogBackend {
     this.#segmentMaxBytes = opts.segmentMaxBytes ?? 256 * 1024 * 1024;
     this.#groupMaxBytes = opts.groupMaxBytes ?? 16 * 1024 * 1024;
     this.#readOnly = opts.readOnly ?? false;
+    this.#repairCorruptTail = opts.repairCorruptTail ?? false;
   }
 
   static async open(opts: FileBackendOptions): Promise<FileBackend> {
@@ -316,7 +320,12 @@ export class FileBackend implements LogBackend {
         await this.#cutTail(seg, offset, rest);
         return 'end';
       }
-      if (hasLaterFrame(rest)) {
+      const later = hasLaterFrame(rest);
+      if (!later && this.#repairCorruptTail) {
+        await this.#cutTail(seg, offset, rest);
+        return 'end';
+      }
+      if (later) {
         throw new ZosError('TLOG_CORRUPT', `corrupt entry at position ${this.#table.head} (${segmentFileName(seg.base)} offset ${offset}): ${d.reason}; valid entries follow it, so it is not a torn write. Run zos log verify and restore the segment from a copy`, {
           context: { position: this.#table.head, segment: seg.path, offset },
         });

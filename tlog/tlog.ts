@@ -168,7 +168,7 @@ export class Tlog {
     const meta = readDataDirMeta(opts.dataDir);
     let key = opts.key;
     if (!key) {
-      const file = opts.keyFile ?? process.env.ZOS_KEY_FILE ?? defaultKeyFile(opts.dataDir);
+      const file = opts.keyFile || process.env.ZOS_KEY_FILE || defaultKeyFile(opts.dataDir);
       const loaded = loadKeyFile(file);
       if (loaded.warning) opts.onWarning?.(loaded.warning);
       key = loaded.key;

@@ -332,8 +332,9 @@ export class Tlog {
     }
   }
 
-  /** The whole log in order, from a position (default 0). */
-  async *readAll(fromPosition = 0n, maxCount = Infinity): AsyncGenerator<RecordedEvent> {
+  /** The whole log in order, from a position (default 0) or from a time. */
+  async *readAll(from: bigint | { time: bigint } = 0n, maxCount = Infinity): AsyncGenerator<RecordedEvent> {
+    const fromPosition = typeof from === 'bigint' ? from : await this.backend.positionForTime(from.time);
     let left = maxCount;
     for await (const frame of this.backend.readFrames(fromPosition)) {
       for (const e of await this.#decodeWithSchemaReload(frame, fromPosition)) {

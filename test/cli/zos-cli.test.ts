@@ -114,7 +114,7 @@ t.test('errors say what to do', async (t) => {
   // Corrupt data: position and reason.
   const seg = join(dir, 'log', readdirSync(join(dir, 'log')).find((f) => f.endsWith('.seg'))!);
   const bytes = readFileSync(seg);
-  bytes[bytes.length - 40] ^= 0xff;
+  bytes[bytes.length - 40]! ^= 0xff;
   writeFileSync(seg, bytes);
   r = zos(dir, ['log', 'verify']);
   t.equal(r.code, 1, 'verify fails');

@@ -5,7 +5,7 @@
  * one directory by several processes (a cross-process writer lock; readers
  * catch up by reading what others appended).
  */
-import { mkdirSync, readdirSync, watch, type FSWatcher } from 'node:fs';
+import { existsSync, fstatSync, mkdirSync, readdirSync, watch, writeSync, type FSWatcher } from 'node:fs';
 import { open, rename, mkdir, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ZosError, ioError } from '../errors.ts';
@@ -70,6 +70,7 @@ interface Pending {
 }
 
 const READ_CHUNK = 1 << 20;
+const SYNC_WRITE_MAX = 256 * 1024;
 
 export class FileBackend implements LogBackend {
   readonly kind = 'file';
@@ -92,6 +93,7 @@ export class FileBackend implements LogBackend {
   #visible = 0;
   #indexFh: FileHandle | null = null;
   #indexedCount = 0;
+  #indexTrimmed = false;
   #pending: Pending[] = [];
   #flushing = false;
   #closed = false;
@@ -259,7 +261,11 @@ export class FileBackend implements LogBackend {
    * (`repair`), cut a torn tail; otherwise stop at anything incomplete.
    */
   async #catchUp(repair: boolean): Promise<void> {
-    this.#discoverSegments();
+    // Another process can only have added a segment that starts at our head
+    // (segments rotate on entry boundaries), so one stat replaces a readdir.
+    const head = this.#table.head;
+    const last = this.#segments[this.#segments.length - 1];
+    if (!last || (last.base !== head && existsSync(join(this.#logDir, segmentFileName(head))))) this.#discoverSegments();
     if (this.#segments.length === 0) return;
     // Start at the segment holding the table's end.
     let si = 0;
@@ -279,8 +285,14 @@ export class FileBackend implements LogBackend {
       }
       const stop = await this.#scanSegment(seg, si, repair);
       if (stop === 'incomplete') return;
-      const next = this.#segments[si + 1];
-      if (!next) return;
+      let next = this.#segments[si + 1];
+      if (!next) {
+        // Another process may have rotated: its new segment starts at our head.
+        if (!existsSync(join(this.#logDir, segmentFileName(this.#table.head)))) return;
+        this.#discoverSegments();
+        next = this.#segments[si + 1];
+        if (!next) return;
+      }
       if (next.base !== this.#table.head) {
         if (next.base < this.#table.head) {
           throw new ZosError('TLOG_CORRUPT', `segment ${segmentFileName(next.base)} overlaps the one before it (which ends at position ${this.#table.head}); run zos log verify`);
@@ -293,7 +305,7 @@ export class FileBackend implements LogBackend {
   /** Scan one segment from its known size; returns how the scan ended. */
   async #scanSegment(seg: Segment, si: number, repair: boolean): Promise<'end' | 'incomplete'> {
     const fh = await this.#segmentFh(seg);
-    const { size: fileSize } = await fh.stat();
+    const fileSize = fstatSync(fh.fd).size;
     let offset = seg.size;
     let buf: Buffer = Buffer.alloc(0);
     let bufStart = offset;
@@ -416,11 +428,14 @@ export class FileBackend implements LogBackend {
       const r = this.#table.row(from + i);
       encodeIndexRecord({ ...r, segmentBase: this.#segments[r.segment]!.base }, out, i * INDEX_RECORD_BYTES);
     }
-    await fh.write(out, 0, out.length, INDEX_HEADER_BYTES + from * INDEX_RECORD_BYTES);
+    writeFullySync(fh.fd, out, INDEX_HEADER_BYTES + from * INDEX_RECORD_BYTES);
     this.#indexedCount = this.#table.length;
-    const expectedSize = INDEX_HEADER_BYTES + this.#table.length * INDEX_RECORD_BYTES;
-    const { size } = await fh.stat();
-    if (size > expectedSize) await fh.truncate(expectedSize);
+    if (!this.#indexTrimmed) {
+      // Records beyond the log's end (from before a torn tail was cut) go once.
+      const expectedSize = INDEX_HEADER_BYTES + this.#table.length * INDEX_RECORD_BYTES;
+      if (fstatSync(fh.fd).size > expectedSize) await fh.truncate(expectedSize);
+      this.#indexTrimmed = true;
+    }
   }
 
   // ---------------------------------------------------------------- appends
@@ -525,7 +540,11 @@ export class FileBackend implements LogBackend {
         }
         const fh = await this.#segmentFh(seg);
         try {
-          await writeFully(fh, parts.length === 1 ? parts[0]! : Buffer.concat(parts, len), start);
+          const bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts, len);
+          // Small writes only copy into the page cache: do them inline rather
+          // than paying a thread-pool round trip; large ones go async.
+          if (len <= SYNC_WRITE_MAX) writeFullySync(fh.fd, bytes, start);
+          else await writeFully(fh, bytes, start);
         } catch (err) {
           // Undo: nothing of this group may stay visible or on disk.
           await fh.truncate(start).catch(() => undefined);
@@ -856,6 +875,15 @@ function checkExpected(expected: ExpectedVersion, current: bigint): ZosError | n
   return new ZosError('TLOG_VERSION_CONFLICT', `expected version ${want}, actual ${actual}`, {
     context: { expected: want, actual },
   });
+}
+
+function writeFullySync(fd: number, buf: Buffer, position: number): void {
+  let done = 0;
+  while (done < buf.length) {
+    const n = writeSync(fd, buf, done, buf.length - done, position + done);
+    if (n === 0) throw new Error('short write');
+    done += n;
+  }
 }
 
 async function writeFully(fh: FileHandle, buf: Buffer, position: number): Promise<void> {

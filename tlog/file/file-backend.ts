@@ -11,8 +11,6 @@ import { join } from 'node:path';
 import { ZosError, ioError } from '../errors.ts';
 import {
   decodeFrame,
-  encodeFrame,
-  encodeHeader,
   ZERO_CHAIN,
   FRAME_MAGIC,
   type Frame,
@@ -21,7 +19,8 @@ import type { BackendAppendResult, BackendStats, ChainSigner, LogBackend, TailSt
 import type { SealedEntry } from '../sealer.ts';
 import type { ExpectedVersion } from '../types.ts';
 import { nowNs } from '../clock.ts';
-import { EntryTable, type EntryRow } from './entry-table.ts';
+import { EntryTable, type EntryRow } from '../entry-table.ts';
+import { GroupCommitQueue, checkFrameLinks, planGroup, type PendingAppend } from '../group-commit.ts';
 import {
   decodeIndexRecord,
   decodeSegmentHeader,
@@ -62,13 +61,6 @@ interface Segment {
   fh: FileHandle | null;
 }
 
-interface Pending {
-  entry: SealedEntry;
-  expected: ExpectedVersion;
-  resolve: (r: BackendAppendResult) => void;
-  reject: (e: unknown) => void;
-}
-
 const READ_CHUNK = 1 << 20;
 const SYNC_WRITE_MAX = 256 * 1024;
 
@@ -94,8 +86,7 @@ export class FileBackend implements LogBackend {
   #indexFh: FileHandle | null = null;
   #indexedCount = 0;
   #indexTrimmed = false;
-  #pending: Pending[] = [];
-  #flushing = false;
+  readonly #queue: GroupCommitQueue;
   #closed = false;
   #waiters = new Set<() => void>();
   #watcher: FSWatcher | null = null;
@@ -111,6 +102,7 @@ export class FileBackend implements LogBackend {
     this.#groupMaxBytes = opts.groupMaxBytes ?? 16 * 1024 * 1024;
     this.#readOnly = opts.readOnly ?? false;
     this.#repairCorruptTail = opts.repairCorruptTail ?? false;
+    this.#queue = new GroupCommitQueue((group) => this.#mutex.run(() => this.#commit(group)), this.#groupMaxBytes);
   }
 
   static async open(opts: FileBackendOptions): Promise<FileBackend> {
@@ -350,18 +342,7 @@ export class FileBackend implements LogBackend {
   }
 
   #acceptFrame(f: Frame, si: number, offset: number): void {
-    const head = this.#table.head;
-    if (f.position !== head) {
-      throw new ZosError('TLOG_CORRUPT', `entry at ${segmentFileName(this.#segments[si]!.base)} offset ${offset} claims position ${f.position}, expected ${head}; run zos log verify`);
-    }
-    if (!f.prevChain.equals(this.#lastChain)) {
-      throw new ZosError('TLOG_CHAIN_BROKEN', `hash chain broken at position ${f.position}: the entry does not link to the one before it; run zos log verify`);
-    }
-    const s = this.#table.stream(f.streamKey);
-    const current = s ? s.version : -1n;
-    if (f.firstVersion !== current + 1n) {
-      throw new ZosError('TLOG_CORRUPT', `entry at position ${f.position} continues its stream at version ${f.firstVersion}, but the stream is at ${current}; run zos log verify`);
-    }
+    checkFrameLinks(f, this.#table, this.#lastChain, `${segmentFileName(this.#segments[si]!.base)} offset ${offset}`);
     this.#table.push({
       position: f.position,
       firstVersion: f.firstVersion,
@@ -443,87 +424,30 @@ export class FileBackend implements LogBackend {
   append(entry: SealedEntry, expected: ExpectedVersion): Promise<BackendAppendResult> {
     if (this.#closed) return Promise.reject(new ZosError('TLOG_CLOSED', 'the log is closed'));
     if (this.#readOnly) return Promise.reject(new ZosError('TLOG_INVALID_ARGUMENT', 'this log was opened read-only'));
-    return new Promise((resolve, reject) => {
-      this.#pending.push({ entry, expected, resolve, reject });
-      if (!this.#flushing) {
-        this.#flushing = true;
-        setImmediate(() => void this.#flushLoop());
-      }
-    });
-  }
-
-  async #flushLoop(): Promise<void> {
-    try {
-      while (this.#pending.length > 0) {
-        let bytes = 0;
-        let n = 0;
-        while (n < this.#pending.length && (n === 0 || bytes < this.#groupMaxBytes)) {
-          bytes += this.#pending[n]!.entry.ciphertext.length + 256;
-          n++;
-        }
-        const group = this.#pending.splice(0, n);
-        try {
-          await this.#mutex.run(() => this.#commit(group));
-        } catch (err) {
-          for (const p of group) p.reject(err);
-        }
-      }
-    } finally {
-      this.#flushing = false;
-    }
+    return this.#queue.submit(entry, expected);
   }
 
   /** One group commit: lock, catch up, check versions, write, unlock, fdatasync, resolve. */
-  async #commit(group: Pending[]): Promise<void> {
+  async #commit(group: PendingAppend[]): Promise<void> {
     const lock = this.#lock!;
     await lock.acquire();
-    const results: Array<{ p: Pending; r: BackendAppendResult } | null> = [];
+    let plan: ReturnType<typeof planGroup> | null = null;
     const touched = new Set<Segment>();
     let createdSegment = false;
     try {
       await this.#catchUp(true);
       this.#visible = this.#table.length;
       await this.#writeMissingIndexRecords();
-      // Plan the group: assign positions/versions and build frames.
-      const pendingVersions = new Map<string, bigint>();
-      const frames: Array<{ frame: Buffer; row: Omit<EntryRow, 'segment' | 'offset'>; chain: Buffer }> = [];
-      let head = this.#table.head;
-      let chain = this.#lastChain;
-      let time = nowNs();
-      if (time <= this.#lastTime) time = this.#lastTime + 1n;
-      for (const p of group) {
-        const k = p.entry.streamKey.toString('latin1');
-        const current = pendingVersions.get(k) ?? this.#table.stream(p.entry.streamKey)?.version ?? -1n;
-        const conflict = checkExpected(p.expected, current);
-        if (conflict) {
-          p.reject(conflict);
-          results.push(null);
-          continue;
-        }
-        const header = {
-          flags: p.entry.flags,
-          eventCount: p.entry.eventCount,
-          position: head,
-          firstVersion: current + 1n,
-          commitTimeNs: time,
-          streamKey: p.entry.streamKey,
-          prevChain: chain,
-          nonce: p.entry.nonce,
-        };
-        const headerBytes = encodeHeader(header);
-        chain = this.#signer.chain(headerBytes, p.entry.contentHash);
-        const frame = encodeFrame(headerBytes, p.entry.ciphertext, chain);
-        frames.push({ frame, chain, row: { position: head, firstVersion: header.firstVersion, commitTimeNs: time, eventCount: header.eventCount, frameSize: frame.length, streamKey: p.entry.streamKey } });
-        results.push({ p, r: { position: head, firstVersion: header.firstVersion, commitTimeNs: time } });
-        pendingVersions.set(k, current + BigInt(p.entry.eventCount));
-        head += BigInt(p.entry.eventCount);
-      }
+      plan = planGroup(group, this.#table, this.#lastChain, this.#lastTime, nowNs(), this.#signer);
+      for (const c of plan.conflicts) c.pending.reject(c.error);
+      const frames = plan.entries;
+      const time = plan.commitTimeNs;
       // Write frames, rotating segments on entry boundaries.
       let i = 0;
       while (i < frames.length) {
         let seg = this.#segments[this.#segments.length - 1];
         if (!seg || (seg.size > SEGMENT_HEADER_BYTES && seg.size + frames[i]!.frame.length > this.#segmentMaxBytes)) {
-          seg = await this.#createSegment(frames[i]!.row.position);
+          seg = await this.#createSegment(frames[i]!.position);
           createdSegment = true;
         }
         const si = this.#segments.length - 1;
@@ -533,7 +457,7 @@ export class FileBackend implements LogBackend {
         while (i < frames.length && (len === 0 || start + len + frames[i]!.frame.length <= this.#segmentMaxBytes)) {
           const f = frames[i]!;
           parts.push(f.frame);
-          this.#table.push({ ...f.row, segment: si, offset: start + len });
+          this.#table.push({ position: f.position, firstVersion: f.firstVersion, commitTimeNs: time, eventCount: f.eventCount, frameSize: f.frame.length, streamKey: f.streamKey, segment: si, offset: start + len });
           this.#lastChain = f.chain;
           len += f.frame.length;
           i++;
@@ -570,12 +494,12 @@ export class FileBackend implements LogBackend {
     } catch (err) {
       // Durability unknown: fail the group loudly; the entries may or may not survive.
       const e = ioError('fdatasync failed; the appends in this group may not be durable', err);
-      for (const x of results) x?.p.reject(e);
+      for (const x of plan!.entries) x.pending.reject(e);
       this.#visible = this.#table.length;
       return;
     }
     this.#visible = this.#table.length;
-    for (const x of results) x?.p.resolve(x.r);
+    for (const x of plan!.entries) x.pending.resolve({ position: x.position, firstVersion: x.firstVersion, commitTimeNs: plan!.commitTimeNs });
     this.#notify();
   }
 
@@ -848,7 +772,7 @@ export class FileBackend implements LogBackend {
   async close(): Promise<void> {
     if (this.#closed) return;
     // Let queued appends finish first.
-    while (this.#flushing || this.#pending.length > 0) await new Promise((r) => setTimeout(r, 1));
+    await this.#queue.whenIdle();
     this.#closed = true;
     this.#stopWatching();
     for (const w of [...this.#waiters]) w();
@@ -861,20 +785,6 @@ export class FileBackend implements LogBackend {
       this.#indexFh = null;
     });
   }
-}
-
-function checkExpected(expected: ExpectedVersion, current: bigint): ZosError | null {
-  const ok =
-    expected === 'any' ||
-    (expected === 'no-stream' && current === -1n) ||
-    (expected === 'exists' && current >= 0n) ||
-    (typeof expected === 'bigint' && expected === current);
-  if (ok) return null;
-  const want = typeof expected === 'bigint' ? expected.toString() : expected;
-  const actual = current === -1n ? 'no-stream' : current.toString();
-  return new ZosError('TLOG_VERSION_CONFLICT', `expected version ${want}, actual ${actual}`, {
-    context: { expected: want, actual },
-  });
 }
 
 function writeFullySync(fd: number, buf: Buffer, position: number): void {

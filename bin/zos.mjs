@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // zos entry point. zos needs Node 24 (it runs its TypeScript by type stripping);
 // when started by an older node, re-run with the Node 24 the project installs.
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,8 +14,10 @@ if (major < 24) {
     process.stderr.write(`zos: needs Node.js 24 (this is ${process.version}); run npm install in ${join(here, '..')} first\n`);
     process.exit(1);
   }
-  const r = spawnSync(node, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
-  process.exit(r.status ?? (r.signal ? 128 : 1));
+  const child = spawn(node, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => child.kill(sig));
+  child.on('exit', (code, signal) => process.exit(code ?? (signal ? 128 + (signal === 'SIGINT' ? 2 : 15) : 1)));
+} else {
+  const { run } = await import('../cli/main.ts');
+  await run(process.argv.slice(2));
 }
-const { run } = await import('../cli/main.ts');
-await run(process.argv.slice(2));

@@ -24,7 +24,7 @@ Commands:
   log tail                     read the whole log; --follow to keep watching
   log verify                   check every entry: CRC, hash chain, decryption
   log stats                    size, counts and time range of the log
-  log repair                   cut a corrupt tail left by a power loss
+  log repair [--corrupt-tail]  cut a torn (or, with the flag, corrupt) tail, then verify
   audit                        who did what to which stream, when
   schema register TYPE         register an Avro schema for an event type
 
@@ -68,8 +68,9 @@ names the first bad position and what is wrong with it.`,
   'log repair': `Usage: zos log repair
 
 Opens the log for writing, which cuts an incomplete or zeroed tail (a write that
-was never acknowledged). With --corrupt-tail also cuts a corrupt last entry that
-nothing valid follows (after a power loss); the bytes are kept in log/quarantine/.`,
+was never acknowledged), then verifies every entry. With --corrupt-tail also cuts
+a corrupt last entry that nothing valid follows (after a power loss); the bytes
+are kept in log/quarantine/. Damage followed by valid entries is never cut.`,
   audit: `Usage: zos audit [--actor A] [--type T] [--stream S] [--since TIME] [--until TIME]
                  [--limit N] [--json]
 
@@ -170,7 +171,14 @@ function cmdInit(g: Globals, out: Out): number {
 
 function readData(v: string | undefined): unknown {
   if (v === undefined) return {};
-  const text = v.startsWith('@') ? readFileSync(v.slice(1), 'utf8') : v;
+  let text = v;
+  if (v.startsWith('@')) {
+    try {
+      text = readFileSync(v.slice(1), 'utf8');
+    } catch (err) {
+      throw new UsageError(`--data ${v}: cannot read ${v.slice(1)} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+  }
   try {
     return JSON.parse(text);
   } catch (err) {
@@ -346,11 +354,15 @@ async function cmdRepair(g: Globals, out: Out, args: string[]): Promise<number> 
     ...(values['corrupt-tail'] ? { repairCorruptTail: true } : {}),
     onWarning: (m) => out.warn(m),
   });
-  const head = await log.headPosition();
-  await log.close();
-  if (out.json) out.obj({ ok: true, events: head });
-  else out.line(`log is consistent: ${head} events; run zos log verify for a full check`);
-  return EXIT.OK;
+  try {
+    const report = await log.verify();
+    if (out.json) out.obj({ ok: report.ok, events: report.events, problem: report.problem });
+    else if (report.ok) out.line(`log is consistent: ${report.events} events, every entry verified`);
+    else out.line(`the tail is repaired, but the log is damaged at position ${report.problem!.position}: ${report.problem!.reason}. Entries after damage in the middle are never cut; restore the segment from a copy`);
+    return report.ok ? EXIT.OK : EXIT.ERROR;
+  } finally {
+    await log.close();
+  }
 }
 
 async function cmdAudit(g: Globals, out: Out, args: string[]): Promise<number> {

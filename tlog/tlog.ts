@@ -28,6 +28,7 @@ import {
 
 export const DATA_DIR_FORMAT_VERSION = 1;
 export const SCHEMA_STREAM = '$schemas';
+const SCHEMA_REGISTERED = '$SchemaRegistered';
 
 export interface DataDirMeta {
   format: 'zos-data-dir';
@@ -156,11 +157,13 @@ export class Tlog {
   readonly dataDir: string | null;
   readonly #keys: KeyRing;
   #schemasLoadedTo = 0n;
+  readonly #onWarning: ((message: string) => void) | undefined;
 
-  private constructor(backend: LogBackend, keys: KeyRing, dataDir: string | null) {
+  private constructor(backend: LogBackend, keys: KeyRing, dataDir: string | null, onWarning?: (message: string) => void) {
     this.backend = backend;
     this.#keys = keys;
     this.dataDir = dataDir;
+    this.#onWarning = onWarning;
   }
 
   /** Open a log in a data directory on the embedded file backend. */
@@ -185,7 +188,8 @@ export class Tlog {
       ...(opts.segmentMaxBytes === undefined ? {} : { segmentMaxBytes: opts.segmentMaxBytes }),
       ...(opts.repairCorruptTail ? { repairCorruptTail: true } : {}),
     });
-    const log = new Tlog(backend, keys, opts.dataDir);
+    if (backend.damage) opts.onWarning?.(`${backend.damage.message.replace(/; run zos log verify$/, '')}; reads stop before it — run zos log verify`);
+    const log = new Tlog(backend, keys, opts.dataDir, opts.onWarning);
     await log.#loadSchemas();
     return log;
   }
@@ -269,12 +273,15 @@ export class Tlog {
 
   /** Register an Avro schema for an event type, persisted in the log ($schemas). */
   async registerSchema(type: string, version: number, schema: unknown): Promise<{ added: boolean }> {
+    if (typeof type !== 'string' || type.length === 0 || type.startsWith('$')) {
+      throw new ZosError('TLOG_INVALID_ARGUMENT', `event types starting with "$" are reserved for zos; pick another type name (got "${type}")`);
+    }
     await this.#loadSchemas();
     const before = this.#registered.has(`${type}\0${version}`);
     this.schemas.register(type, version, schema);
     if (before) return { added: false };
     this.#registered.add(`${type}\0${version}`);
-    await this.#append(SCHEMA_STREAM, [{ type: 'SchemaRegistered', data: { type, version, schema: JSON.stringify(schema) } }], {});
+    await this.#append(SCHEMA_STREAM, [{ type: SCHEMA_REGISTERED, data: { type, version, schema: JSON.stringify(schema) } }], {});
     return { added: true };
   }
 
@@ -285,10 +292,15 @@ export class Tlog {
     for await (const frame of this.backend.readStreamFrames(streamKey, this.#schemasLoadedTo, 'forward')) {
       const body = openEntryBody(this.#keys, frame);
       for (const e of body.events) {
-        if (e.type !== 'SchemaRegistered') continue;
+        if (e.type !== SCHEMA_REGISTERED || e.encoding !== 'MSGPACK') continue;
         const d = this.schemas.decode(e.type, e.encoding, e.schemaVersion, e.payload) as { type: string; version: number; schema: string };
-        this.schemas.register(d.type, d.version, JSON.parse(d.schema));
-        this.#registered.add(`${d.type}\0${d.version}`);
+        try {
+          this.schemas.register(d.type, d.version, JSON.parse(d.schema));
+          this.#registered.add(`${d.type}\0${d.version}`);
+        } catch (err) {
+          // Two processes raced to register incompatible schemas: the first one in the log wins.
+          this.#onWarning?.(`ignoring schema ${d.type} v${d.version} registered at stream version ${frame.firstVersion}: ${(err as Error).message}`);
+        }
       }
       this.#schemasLoadedTo = frame.firstVersion + BigInt(frame.eventCount);
     }

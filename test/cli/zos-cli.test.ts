@@ -76,7 +76,7 @@ t.test('every command has --help, usage errors exit 2', async (t) => {
     t.equal(r.code, 0, `${cmd.join(' ')} exits 0`);
     t.match(r.out, /Usage: zos/, `${cmd.join(' ')} prints usage`);
   }
-  for (const cmd of [['frobnicate'], ['log', 'append'], ['log', 'append', 's'], ['log', 'read'], ['log', 'tail', '--from', 'x'], ['log', 'tail', '--since', 'yesterday'], ['log', 'append', 's', '--type', 'T', '--data', '{nope'], ['log', 'append', 's', '--type', 'T', '--expect-version', 'maybe'], ['log', 'read', 's', '--bogus']]) {
+  for (const cmd of [['frobnicate'], ['log', 'append'], ['log', 'append', 's'], ['log', 'read'], ['log', 'tail', '--from', 'x'], ['log', 'tail', '--since', 'yesterday'], ['log', 'append', 's', '--type', 'T', '--data', '{nope'], ['log', 'append', 's', '--type', 'T', '--expect-version', 'maybe'], ['log', 'read', 's', '--bogus'], ['log', 'append', 's', '--type', 'T', '--data', '@/nonexistent/file.json']]) {
     const r = zos(dir, cmd);
     t.equal(r.code, 2, `${cmd.join(' ')} exits 2 (${r.err.split('\n')[0]})`);
     t.match(r.err, /^zos: /);

@@ -87,6 +87,8 @@ export class FileBackend implements LogBackend {
   #indexedCount = 0;
   #indexTrimmed = false;
   readonly #queue: GroupCommitQueue;
+  /** Set when a read-only open found entries it could not accept (see zos log verify). */
+  damage: ZosError | null = null;
   #closed = false;
   #waiters = new Set<() => void>();
   #watcher: FSWatcher | null = null;
@@ -108,8 +110,8 @@ export class FileBackend implements LogBackend {
   static async open(opts: FileBackendOptions): Promise<FileBackend> {
     const b = new FileBackend(opts);
     try {
-      mkdirSync(b.#logDir, { recursive: true });
-      mkdirSync(join(opts.dir, 'index'), { recursive: true });
+      mkdirSync(b.#logDir, { recursive: true, mode: 0o700 });
+      mkdirSync(join(opts.dir, 'index'), { recursive: true, mode: 0o700 });
     } catch (err) {
       throw ioError(`cannot create ${b.#logDir}`, err);
     }
@@ -196,7 +198,7 @@ export class FileBackend implements LogBackend {
   async #loadIndex(): Promise<void> {
     let fh: FileHandle;
     try {
-      fh = await open(this.#indexPath, this.#readOnly ? 'r' : 'a+');
+      fh = await open(this.#indexPath, this.#readOnly ? 'r' : 'a+', 0o600);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw ioError(`cannot open ${this.#indexPath}`, err);
@@ -312,7 +314,15 @@ export class FileBackend implements LogBackend {
         d = decodeFrame(buf, 0);
       }
       if (d.kind === 'frame') {
-        this.#acceptFrame(d.frame, si, offset);
+        try {
+          this.#acceptFrame(d.frame, si, offset);
+        } catch (err) {
+          // A writer must not build on a broken log; a reader stops here and
+          // reports it, so that zos log verify can still open the log.
+          if (repair) throw err;
+          this.damage ??= err as ZosError;
+          return 'incomplete';
+        }
         offset += d.frame.size;
         seg.size = offset;
         continue;
@@ -334,7 +344,7 @@ export class FileBackend implements LogBackend {
           context: { position: this.#table.head, segment: seg.path, offset },
         });
       }
-      throw new ZosError('TLOG_CORRUPT', `the log ends in a corrupt entry at position ${this.#table.head} (${segmentFileName(seg.base)} offset ${offset}): ${d.reason}. If this follows a power loss, run zos log repair to cut it (the bytes are kept under log/quarantine)`, {
+      throw new ZosError('TLOG_CORRUPT', `the log ends in a corrupt entry at position ${this.#table.head} (${segmentFileName(seg.base)} offset ${offset}): ${d.reason}. If this follows a power loss, run zos log repair --corrupt-tail to cut it (the bytes are kept under log/quarantine)`, {
         context: { position: this.#table.head, segment: seg.path, offset },
       });
     }
@@ -376,7 +386,7 @@ export class FileBackend implements LogBackend {
 
   async #openIndexForWrite(): Promise<FileHandle> {
     if (this.#indexFh) return this.#indexFh;
-    let fh = await open(this.#indexPath, 'a+').catch((err) => {
+    let fh = await open(this.#indexPath, 'a+', 0o600).catch((err) => {
       throw ioError(`cannot open ${this.#indexPath}`, err);
     });
     const { size } = await fh.stat();
@@ -386,7 +396,7 @@ export class FileBackend implements LogBackend {
       // Missing, foreign or damaged: start it anew (it is only a cache).
       await fh.close();
       const tmp = `${this.#indexPath}.${process.pid}.tmp`;
-      await writeFile(tmp, encodeIndexHeader(this.#logId));
+      await writeFile(tmp, encodeIndexHeader(this.#logId), { mode: 0o600 });
       await rename(tmp, this.#indexPath);
       fh = await open(this.#indexPath, 'r+');
       this.#indexedCount = 0;
@@ -641,7 +651,7 @@ export class FileBackend implements LogBackend {
           d = decodeFrame(buf, 0);
         }
         if (d.kind !== 'frame') {
-          if (isLast && d.kind === 'incomplete') break; // torn tail: reported by tailState()
+          if (isLast && (d.kind === 'incomplete' || (await this.#zeroFrom(seg, offset, size)))) break; // torn tail: reported by tailState()
           throw new ZosError('TLOG_CORRUPT', `position ${expectPos}: ${d.kind === 'corrupt' ? d.reason : 'entry is truncated'} (${segmentFileName(seg.base)} offset ${offset})`, {
             context: { position: expectPos, segment: seg.path, offset },
           });
@@ -651,6 +661,10 @@ export class FileBackend implements LogBackend {
         yield d.frame;
       }
     }
+  }
+
+  async #zeroFrom(seg: Segment, offset: number, size: number): Promise<boolean> {
+    return (await this.#readAt(seg, offset, size - offset)).every((x) => x === 0);
   }
 
   async tailState(): Promise<TailState> {

@@ -247,6 +247,7 @@ export function runLogContract(t: Test, factory: LogFactory): void {
     await t.rejects(log.appendToStream('', [{ type: 'N', data: 1 }]), { code: 'TLOG_INVALID_ARGUMENT' });
     await t.rejects(log.appendToStream('x', [{ type: 'N', data: 1, id: 'not-a-uuid' }]), { code: 'TLOG_INVALID_ARGUMENT' });
     await t.rejects(log.appendToStream('x', [{ type: '', data: 1 }]), { code: 'TLOG_INVALID_ARGUMENT' });
+    await t.rejects(log.registerSchema('$SchemaRegistered', 1, { type: 'record', name: 'R', fields: [] }), { code: 'TLOG_INVALID_ARGUMENT' }, 'zos-internal types are reserved');
     const huge = randomBytes(65 * 1024 * 1024); // incompressible
     await t.rejects(log.appendToStream('x', [{ type: 'Big', data: huge }]), { code: 'TLOG_ENTRY_TOO_LARGE' });
     t.equal(await log.headPosition(), 0n);

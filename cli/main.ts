@@ -15,7 +15,7 @@ export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, CONFLICT: 3 } as const;
 
 const GLOBAL_HELP = `zos — event-sourced transaction log
 
-Usage: zos [--data-dir DIR] [--key-file FILE] [--json] <command> [options]
+Usage: zos [--data-dir DIR] [--key-file FILE] [--log URL] [--json] <command> [options]
 
 Commands:
   init                         create the data directory and a new master key
@@ -31,6 +31,8 @@ Commands:
 Global options:
   --data-dir DIR   data directory (env ZOS_DATA_DIR; default ${defaultDataDir()})
   --key-file FILE  master key file (env ZOS_KEY_FILE; default DIR/master.key)
+  --log URL        kafka://host:port[,host:port]/PREFIX to keep the log in Kafka or
+                   Redpanda (env ZOS_LOG); default: the embedded file log in DIR
   --json           one JSON object per line
   -h, --help       help for any command
 
@@ -96,6 +98,7 @@ class UsageError extends ZosError {
 
 interface Globals {
   dataDir: string;
+  log: string | undefined;
   keyFile: string | undefined;
   json: boolean;
 }
@@ -144,6 +147,7 @@ async function openLog(g: Globals, out: Out, readOnly: boolean): Promise<Tlog> {
     dataDir: g.dataDir,
     readOnly,
     ...(g.keyFile === undefined ? {} : { keyFile: g.keyFile }),
+    ...(g.log === undefined ? {} : { log: g.log }),
     onWarning: (m) => out.warn(m),
   });
 }
@@ -351,6 +355,7 @@ async function cmdRepair(g: Globals, out: Out, args: string[]): Promise<number> 
   const log = await Tlog.open({
     dataDir: g.dataDir,
     ...(g.keyFile === undefined ? {} : { keyFile: g.keyFile }),
+    ...(g.log === undefined ? {} : { log: g.log }),
     ...(values['corrupt-tail'] ? { repairCorruptTail: true } : {}),
     onWarning: (m) => out.warn(m),
   });
@@ -380,7 +385,7 @@ async function cmdAudit(g: Globals, out: Out, args: string[]): Promise<number> {
   const stream = str(values.stream);
   return withLog(g, out, true, async (log) => {
     const meta = readDataDirMeta(g.dataDir);
-    const idx = await AuditIndex.open(log, join(g.dataDir, 'views', 'audit'), Buffer.from(meta.logId, 'hex'));
+    const idx = await AuditIndex.open(log, log.viewDir('audit'), Buffer.from(meta.logId, 'hex'));
     try {
       await idx.catchUp((p) => out.progress(`indexing: position ${p}`));
       out.endProgress();
@@ -435,7 +440,7 @@ function help(out: Out, command?: string): number {
 
 export async function main(argv: string[], out?: Out): Promise<number> {
   // Global options may come before the command.
-  const globals: Globals = { dataDir: process.env.ZOS_DATA_DIR || defaultDataDir(), keyFile: process.env.ZOS_KEY_FILE || undefined, json: false };
+  const globals: Globals = { dataDir: process.env.ZOS_DATA_DIR || defaultDataDir(), log: process.env.ZOS_LOG || undefined, keyFile: process.env.ZOS_KEY_FILE || undefined, json: false };
   const rest: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -446,6 +451,8 @@ export async function main(argv: string[], out?: Out): Promise<number> {
     };
     if (a === '--data-dir') globals.dataDir = next();
     else if (a.startsWith('--data-dir=')) globals.dataDir = a.slice('--data-dir='.length);
+    else if (a === '--log') globals.log = next();
+    else if (a.startsWith('--log=')) globals.log = a.slice('--log='.length);
     else if (a === '--key-file') globals.keyFile = next();
     else if (a.startsWith('--key-file=')) globals.keyFile = a.slice('--key-file='.length);
     else if (a === '--json') globals.json = true;

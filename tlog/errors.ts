@@ -25,6 +25,8 @@ export const ERROR_CODES = {
   TLOG_CLOSED: 'the log was closed',
   TLOG_LOCK_TIMEOUT: 'could not take the writer lock in time',
   TLOG_IO: 'an I/O operation failed',
+  TLOG_BACKEND_UNAVAILABLE: 'the log backend (Kafka) cannot be reached',
+  TLOG_FENCED: 'another writer took over the log',
   TLOG_UNSUPPORTED_FORMAT: 'a file has an unsupported format version',
   CLI_USAGE: 'the command line is invalid',
 } as const;

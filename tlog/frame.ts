@@ -17,7 +17,7 @@
  *             streamKey:32B                  keyed BLAKE2b of the stream name
  *             prevChain:32B                  chain value of the previous entry (zeros first)
  *             nonce:24B                      random XChaCha20 nonce
- *   ciphertext := XChaCha20-Poly1305(entryKey, nonce, ad = "zos/entry/v1" ‖ streamKey, plaintext)
+ *   ciphertext := XChaCha20-Poly1305(entryKey, nonce, ad = "zos/entry/v1" ‖ streamKey ‖ flags:u8, plaintext)
  *   chain  := BLAKE2b-256(chainKey, header ‖ BLAKE2b-256(ciphertext))  (32B)
  *
  * The CRC finds torn writes and bit rot; the keyed chain finds any change,
@@ -59,8 +59,8 @@ export interface Frame extends FrameHeader {
 
 export const AD_PREFIX = Buffer.from('zos/entry/v1', 'ascii');
 
-export function entryAd(streamKey: Uint8Array): Buffer {
-  return Buffer.concat([AD_PREFIX, streamKey]);
+export function entryAd(streamKey: Uint8Array, flags: number): Buffer {
+  return Buffer.concat([AD_PREFIX, streamKey, Buffer.of(flags & 0xff)]);
 }
 
 export function encodeHeader(h: FrameHeader): Buffer {

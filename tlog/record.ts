@@ -72,6 +72,13 @@ export const ENTRY_BODY_SCHEMA_V1 = {
 const entryBodyType = avro.Type.forSchema(ENTRY_BODY_SCHEMA_V1 as unknown as avro.Schema, {
   registry: { long: bigLong as unknown as avro.Type },
 });
+const envelopeType = avro.Type.forSchema(ENTRY_BODY_SCHEMA_V1.fields[1].type.items as unknown as avro.Schema, {
+  registry: { long: bigLong as unknown as avro.Type },
+});
+const stringType = avro.Type.forSchema('string');
+const countType = avro.Type.forSchema('long');
+/** The smallest encoding of one EventEnvelope: 16-byte id + 8 one-byte fields. */
+const MIN_ENVELOPE_BYTES = 24;
 
 export interface EventEnvelope {
   id: Buffer;
@@ -94,16 +101,49 @@ export function encodeEntryBody(body: EntryBody): Buffer {
   return entryBodyType.toBuffer(body);
 }
 
-/** Decode an entry body; throws TLOG_BAD_RECORD on anything malformed. */
-export function decodeEntryBody(buf: Buffer): EntryBody {
-  let value: unknown;
+function bad(reason: string, cause?: unknown): ZosError {
+  return new ZosError('TLOG_BAD_RECORD', `entry body is not a valid v${RECORD_FORMAT_VERSION} record: ${reason}`, cause === undefined ? {} : { cause });
+}
+
+function decodeAt(type: avro.Type, buf: Buffer, pos: number, what: string): { value: unknown; offset: number } {
+  let r: { value: unknown; offset: number };
   try {
-    // fromBuffer rejects trailing bytes and truncated input.
-    value = entryBodyType.fromBuffer(buf);
+    r = type.decode(buf, pos) as { value: unknown; offset: number };
   } catch (err) {
-    throw new ZosError('TLOG_BAD_RECORD', `entry body is not a valid v${RECORD_FORMAT_VERSION} record: ${(err as Error).message}`, { cause: err });
+    throw bad(`${what}: ${(err as Error).message}`, err);
   }
-  return value as EntryBody;
+  if (r.offset < 0) throw bad(`${what} is truncated`);
+  return r;
+}
+
+/**
+ * Decode an entry body; throws TLOG_BAD_RECORD on anything malformed. The
+ * events array is read block by block so that a declared item count can never
+ * make it allocate more than the bytes could hold (or than `maxEvents`).
+ */
+export function decodeEntryBody(buf: Buffer, maxEvents = Number.MAX_SAFE_INTEGER): EntryBody {
+  const s = decodeAt(stringType, buf, 0, 'stream name');
+  let pos = s.offset;
+  const events: EventEnvelope[] = [];
+  for (;;) {
+    const c = decodeAt(countType, buf, pos, 'event block count');
+    pos = c.offset;
+    let count = c.value as number;
+    if (count === 0) break;
+    if (count < 0) {
+      count = -count;
+      pos = decodeAt(countType, buf, pos, 'event block size').offset;
+    }
+    if (count > maxEvents - events.length) throw bad(`declares more events than the entry holds (${events.length + count} > ${maxEvents})`);
+    if (count * MIN_ENVELOPE_BYTES > buf.length - pos) throw bad(`declares ${count} events in ${buf.length - pos} bytes`);
+    for (let i = 0; i < count; i++) {
+      const e = decodeAt(envelopeType, buf, pos, `event ${events.length}`);
+      events.push(e.value as EventEnvelope);
+      pos = e.offset;
+    }
+  }
+  if (pos !== buf.length) throw bad(`${buf.length - pos} trailing bytes`);
+  return { stream: s.value as string, events };
 }
 
 const HEX = /^[0-9a-f]{32}$/;

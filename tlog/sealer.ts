@@ -37,13 +37,23 @@ export function sealEntry(keys: KeyRing, body: EntryBody): SealedEntry {
       flags |= FLAG_LZ4;
     }
   }
-  const { nonce, ciphertext } = seal(payload, entryAd(streamKey), keys.entryKey(streamKey));
+  const { nonce, ciphertext } = seal(payload, entryAd(streamKey, flags), keys.entryKey(streamKey));
   return { streamKey, eventCount: body.events.length, flags, nonce, ciphertext, contentHash: contentHash(ciphertext) };
 }
 
 /** Decrypt and decode an entry's body. Throws TLOG_DECRYPT_FAILED / TLOG_BAD_RECORD. */
+/** LZ4 cannot expand more than ~255×; and no entry body is larger than this. */
+const MAX_PLAINTEXT_BYTES = 512 * 1024 * 1024;
+
 export function openEntryBody(keys: KeyRing, frame: Frame): EntryBody {
-  const plain = open(frame.ciphertext, entryAd(frame.streamKey), frame.nonce, keys.entryKey(frame.streamKey));
+  // The chain value authenticates the header (position, versions, time, flags)
+  // as well as the ciphertext: check it before trusting any of them.
+  if (!keys.chain(frame.headerBytes, contentHash(frame.ciphertext)).equals(frame.chain)) {
+    throw new ZosError('TLOG_DECRYPT_FAILED', `entry at position ${frame.position} failed authentication: its header or ciphertext was changed, or the key is wrong`, {
+      context: { position: frame.position },
+    });
+  }
+  const plain = open(frame.ciphertext, entryAd(frame.streamKey, frame.flags), frame.nonce, keys.entryKey(frame.streamKey));
   if (!plain) {
     throw new ZosError('TLOG_DECRYPT_FAILED', `entry at position ${frame.position} failed authentication: the key is wrong or the entry was tampered with`, {
       context: { position: frame.position },
@@ -51,13 +61,18 @@ export function openEntryBody(keys: KeyRing, frame: Frame): EntryBody {
   }
   let bytes = plain;
   if (frame.flags & FLAG_LZ4) {
+    const declared = plain.length >= 4 ? plain.readUInt32LE(0) : -1;
+    if (declared < 0 || declared > Math.min(MAX_PLAINTEXT_BYTES, (plain.length - 4) * 255 + 64)) {
+      throw new ZosError('TLOG_BAD_RECORD', `entry at position ${frame.position} declares an impossible decompressed size (${declared} bytes from ${plain.length})`);
+    }
     try {
       bytes = uncompressSync(plain);
+      if (bytes.length !== declared) throw new Error(`decompressed to ${bytes.length} bytes, header says ${declared}`);
     } catch (err) {
       throw new ZosError('TLOG_BAD_RECORD', `entry at position ${frame.position} does not decompress: ${(err as Error).message}`, { cause: err });
     }
   }
-  const body = decodeEntryBody(bytes);
+  const body = decodeEntryBody(bytes, frame.eventCount);
   if (body.events.length !== frame.eventCount) {
     throw new ZosError('TLOG_BAD_RECORD', `entry at position ${frame.position} holds ${body.events.length} events but its header says ${frame.eventCount}`);
   }

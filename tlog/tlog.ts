@@ -15,6 +15,8 @@ import { openEntryBody, sealEntry, toRecordedEvents } from './sealer.ts';
 import { uuidToBytes, type EventEnvelope } from './record.ts';
 import { nowNs } from './clock.ts';
 import { FileBackend } from './file/file-backend.ts';
+import { KafkaBackend, type KafkaBackendOptions } from './kafka/kafka-backend.ts';
+import { isKafkaUrl, parseKafkaUrl } from './kafka/kafka-url.ts';
 import type { BackendStats, LogBackend } from './backend.ts';
 import {
   asPosition,
@@ -40,6 +42,8 @@ export interface DataDirMeta {
 
 export interface TlogOpenOptions {
   dataDir: string;
+  /** Where the log lives: a kafka:// address, or the data directory's file log (default; env ZOS_LOG). */
+  log?: string;
   /** Raw 32-byte master key; otherwise read from keyFile / ZOS_KEY_FILE / <dataDir>/master.key. */
   key?: Buffer;
   keyFile?: string;
@@ -142,6 +146,23 @@ export function initDataDir(dataDir: string, keyFile = defaultKeyFile(dataDir)):
   return { dataDir, keyFile, created: true, logId: meta.logId };
 }
 
+/** TLS/SASL for Kafka from ZOS_KAFKA_* variables (never logged). */
+function kafkaSecurityFromEnv(): Pick<KafkaBackendOptions, 'ssl' | 'sasl'> {
+  const env = process.env;
+  const out: Pick<KafkaBackendOptions, 'ssl' | 'sasl'> = {};
+  if (env.ZOS_KAFKA_SSL === '1' || env.ZOS_KAFKA_CA_FILE) {
+    out.ssl = env.ZOS_KAFKA_CA_FILE ? { ca: [readFileSync(env.ZOS_KAFKA_CA_FILE, 'utf8')] } : true;
+  }
+  const mech = env.ZOS_KAFKA_SASL_MECHANISM;
+  if (mech) {
+    if (mech !== 'plain' && mech !== 'scram-sha-256' && mech !== 'scram-sha-512') {
+      throw new ZosError('TLOG_INVALID_ARGUMENT', `ZOS_KAFKA_SASL_MECHANISM must be plain, scram-sha-256 or scram-sha-512 (got ${mech})`);
+    }
+    out.sasl = { mechanism: mech, username: env.ZOS_KAFKA_SASL_USERNAME ?? '', password: env.ZOS_KAFKA_SASL_PASSWORD ?? '' };
+  }
+  return out;
+}
+
 function validateStreamName(stream: string, allowSystem = false): void {
   if (typeof stream !== 'string' || stream.length === 0 || Buffer.byteLength(stream) > 1024) {
     throw new ZosError('TLOG_INVALID_ARGUMENT', 'a stream name must be 1 to 1024 bytes of UTF-8');
@@ -180,18 +201,43 @@ export class Tlog {
     if (keys.keyId.toString('hex') !== meta.keyId) {
       throw new ZosError('TLOG_WRONG_KEY', 'wrong key: this data directory was created with a different master key; use the key file it was created with (--key-file or ZOS_KEY_FILE)');
     }
-    const backend = await FileBackend.open({
-      dir: opts.dataDir,
-      signer: keys,
-      logId: Buffer.from(meta.logId, 'hex'),
-      readOnly: opts.readOnly ?? false,
-      ...(opts.segmentMaxBytes === undefined ? {} : { segmentMaxBytes: opts.segmentMaxBytes }),
-      ...(opts.repairCorruptTail ? { repairCorruptTail: true } : {}),
-    });
+    const where = opts.log ?? process.env.ZOS_LOG;
+    let backend: FileBackend | KafkaBackend;
+    let viewRoot: string;
+    if (where !== undefined && where !== '' && where !== 'file') {
+      if (!isKafkaUrl(where)) throw new ZosError('TLOG_INVALID_ARGUMENT', `unknown log "${where}": use kafka://host:port[,host:port]/PREFIX, or leave --log / ZOS_LOG unset for the embedded file log`);
+      const address = parseKafkaUrl(where);
+      backend = await KafkaBackend.open({ address, signer: keys, readOnly: opts.readOnly ?? false, ...kafkaSecurityFromEnv() });
+      viewRoot = join(opts.dataDir, 'views', `kafka-${address.prefix}`);
+    } else {
+      backend = await FileBackend.open({
+        dir: opts.dataDir,
+        signer: keys,
+        logId: Buffer.from(meta.logId, 'hex'),
+        readOnly: opts.readOnly ?? false,
+        ...(opts.segmentMaxBytes === undefined ? {} : { segmentMaxBytes: opts.segmentMaxBytes }),
+        ...(opts.repairCorruptTail ? { repairCorruptTail: true } : {}),
+      });
+      viewRoot = join(opts.dataDir, 'views');
+    }
     if (backend.damage) opts.onWarning?.(`${backend.damage.message.replace(/; run zos log verify$/, '')}; reads stop before it — run zos log verify`);
     const log = new Tlog(backend, keys, opts.dataDir, opts.onWarning);
-    await log.#loadSchemas();
+    log.#viewRoot = viewRoot;
+    try {
+      await log.#loadSchemas();
+    } catch (err) {
+      await backend.close();
+      throw err;
+    }
     return log;
+  }
+
+  #viewRoot: string | null = null;
+
+  /** Directory for a projection's files, distinct per log (file log or Kafka prefix). */
+  viewDir(name: string): string {
+    if (!this.#viewRoot) throw new ZosError('TLOG_INVALID_ARGUMENT', 'this log has no data directory for views');
+    return join(this.#viewRoot, name);
   }
 
   /** Wrap an already opened backend (used by other backends and tests). */

@@ -116,7 +116,12 @@ export class FileBackend implements LogBackend {
       throw ioError(`cannot create ${b.#logDir}`, err);
     }
     if (!b.#readOnly) b.#lock = new WriterLock(opts.dir);
-    await b.#load();
+    try {
+      await b.#load();
+    } catch (err) {
+      await b.#closeHandles();
+      throw err;
+    }
     return b;
   }
 
@@ -184,13 +189,15 @@ export class FileBackend implements LogBackend {
     const hb = await this.#readAt(seg, 0, SEGMENT_HEADER_BYTES);
     const h = decodeSegmentHeader(hb);
     if (!h.ok) {
-      throw new ZosError('TLOG_CORRUPT', `segment ${seg.path} is unreadable: ${h.reason}; run zos log verify`, { context: { segment: seg.path } });
+      throw new ZosError('TLOG_CORRUPT', `position ${seg.base}: segment ${segmentFileName(seg.base)} is unreadable: ${h.reason}; run zos log verify`, { context: { position: seg.base, segment: seg.path } });
     }
     if (!h.header.keyId.equals(this.#signer.keyId)) {
       throw new ZosError('TLOG_WRONG_KEY', 'wrong key: this log was written with a different master key; use the key file it was created with (--key-file or ZOS_KEY_FILE)');
     }
     if (h.header.basePosition !== seg.base) {
-      throw new ZosError('TLOG_CORRUPT', `segment ${seg.path} says it starts at position ${h.header.basePosition}, its name says ${seg.base}`);
+      throw new ZosError('TLOG_CORRUPT', `position ${this.#table.head}: segment ${segmentFileName(seg.base)} says it starts at position ${h.header.basePosition}, its name says ${seg.base}; run zos log verify`, {
+        context: { position: this.#table.head },
+      });
     }
   }
 
@@ -255,6 +262,17 @@ export class FileBackend implements LogBackend {
    * (`repair`), cut a torn tail; otherwise stop at anything incomplete.
    */
   async #catchUp(repair: boolean): Promise<void> {
+    if (repair) return this.#catchUpInner(true);
+    try {
+      await this.#catchUpInner(false);
+    } catch (err) {
+      // A reader stops at damage and reports it, so that zos log verify can still open the log.
+      if (!(err instanceof ZosError) || err.code === 'TLOG_WRONG_KEY' || err.code === 'TLOG_IO') throw err;
+      this.damage ??= err;
+    }
+  }
+
+  async #catchUpInner(repair: boolean): Promise<void> {
     // Another process can only have added a segment that starts at our head
     // (segments rotate on entry boundaries), so one stat replaces a readdir.
     const head = this.#table.head;
@@ -270,7 +288,7 @@ export class FileBackend implements LogBackend {
         if (seg.base !== this.#table.head) {
           if (seg.size === -1) continue; // earlier sealed segment
           if (seg.base > this.#table.head) {
-            throw new ZosError('TLOG_CORRUPT', `segment ${segmentFileName(seg.base)} starts at position ${seg.base} but the log before it ends at ${this.#table.head}: entries are missing; run zos log verify`);
+            throw new ZosError('TLOG_CORRUPT', `position ${this.#table.head}: segment ${segmentFileName(seg.base)} starts at position ${seg.base} but the log before it ends at ${this.#table.head}: entries are missing; run zos log verify`, { context: { position: this.#table.head } });
           }
           continue;
         }
@@ -289,9 +307,9 @@ export class FileBackend implements LogBackend {
       }
       if (next.base !== this.#table.head) {
         if (next.base < this.#table.head) {
-          throw new ZosError('TLOG_CORRUPT', `segment ${segmentFileName(next.base)} overlaps the one before it (which ends at position ${this.#table.head}); run zos log verify`);
+          throw new ZosError('TLOG_CORRUPT', `position ${this.#table.head}: segment ${segmentFileName(next.base)} overlaps the one before it (which ends at position ${this.#table.head}); run zos log verify`, { context: { position: this.#table.head } });
         }
-        throw new ZosError('TLOG_CORRUPT', `segment ${segmentFileName(next.base)} starts at position ${next.base} but the log before it ends at ${this.#table.head}: entries are missing; run zos log verify`);
+        throw new ZosError('TLOG_CORRUPT', `position ${this.#table.head}: segment ${segmentFileName(next.base)} starts at position ${next.base} but the log before it ends at ${this.#table.head}: entries are missing; run zos log verify`, { context: { position: this.#table.head } });
       }
     }
   }
@@ -790,14 +808,16 @@ export class FileBackend implements LogBackend {
     this.#closed = true;
     this.#stopWatching();
     for (const w of [...this.#waiters]) w();
-    await this.#mutex.run(async () => {
-      for (const seg of this.#segments) {
-        await seg.fh?.close().catch(() => undefined);
-        seg.fh = null;
-      }
-      await this.#indexFh?.close().catch(() => undefined);
-      this.#indexFh = null;
-    });
+    await this.#mutex.run(() => this.#closeHandles());
+  }
+
+  async #closeHandles(): Promise<void> {
+    for (const seg of this.#segments) {
+      await seg.fh?.close().catch(() => undefined);
+      seg.fh = null;
+    }
+    await this.#indexFh?.close().catch(() => undefined);
+    this.#indexFh = null;
   }
 }
 

@@ -94,9 +94,15 @@ export class KeyRing {
     return k;
   }
 
+  readonly #chainInput = Buffer.alloc(120 + HASH_BYTES);
+
   /** chain_n = BLAKE2b-256(chainKey, header ‖ BLAKE2b-256(ciphertext)). */
   chain(header: Uint8Array, contentHash: Uint8Array): Buffer {
-    return hashParts([header, contentHash], this.#chainKey);
+    if (header.length + contentHash.length !== this.#chainInput.length) return hashParts([header, contentHash], this.#chainKey);
+    // One contiguous input: much cheaper than the batch API for 152 bytes.
+    this.#chainInput.set(header, 0);
+    this.#chainInput.set(contentHash, header.length);
+    return hash32(this.#chainInput, this.#chainKey);
   }
 
   /** 16-byte keyed hash of an audit term (kind-prefixed), never the term itself. */

@@ -221,10 +221,20 @@ export class KafkaBackend implements LogBackend {
   /** Frames at table entries [first, end), fetched sequentially. */
   async *#framesFromEntry(first: number, end: number): AsyncGenerator<Frame> {
     let i = first;
+    let waitedMs = 0;
     while (i < end) {
       const want = this.#table.offsetOf(i);
-      const r = await this.#reader!.fetch(BigInt(want), 0);
-      if (r.records.length === 0) throw new ZosError('TLOG_CORRUPT', `entry at position ${this.#table.row(i).position} is missing from ${this.topic} offset ${want}`);
+      const r = await this.#reader!.fetch(BigInt(want), waitedMs === 0 ? 0 : 100);
+      if (r.records.length === 0) {
+        // Our own just-committed records become readable once the commit
+        // marker lands (read_committed); give it a moment.
+        if (waitedMs < 10_000) {
+          waitedMs += 100;
+          continue;
+        }
+        throw new ZosError('TLOG_CORRUPT', `entry at position ${this.#table.row(i).position} is missing from ${this.topic} offset ${want}`);
+      }
+      waitedMs = 0;
       for (const rec of r.records) {
         if (i >= end) return;
         if (rec.offset < BigInt(this.#table.offsetOf(i))) continue;
@@ -479,8 +489,9 @@ export class KafkaBackend implements LogBackend {
       this.#bytes += e.frame.length;
     }
     this.#lastTime = plan.commitTimeNs;
-    // Past our records sits the transaction's commit marker.
-    if (base !== undefined) this.#nextOffset = BigInt(base) + BigInt(plan.entries.length) + 1n;
+    // Our records end here; the commit marker that follows (written by the
+    // coordinator, possibly a moment later) is skipped by the next fetch.
+    if (base !== undefined) this.#nextOffset = BigInt(base) + BigInt(plan.entries.length);
     else await this.#resyncOffsets();
     // The next group's transaction starts now, so a takeover is noticed early.
     this.#openTxn = await this.#producer!.transaction();

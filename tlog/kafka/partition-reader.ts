@@ -105,6 +105,9 @@ export class PartitionReader {
       });
     } catch (err) {
       const e = err as { type?: string; name?: string };
+      // Past the end (e.g. just past our own records, before the commit
+      // marker lands): nothing to read yet.
+      if (e.type === 'OFFSET_OUT_OF_RANGE') return { records: [], nextOffset: offset, lastStableOffset: offset, highWatermark: offset };
       if (e.type === 'NOT_LEADER_FOR_PARTITION' || e.type === 'LEADER_NOT_AVAILABLE' || e.type === 'UNKNOWN_TOPIC_OR_PARTITION' || e.name === 'KafkaJSConnectionError' || e.name === 'KafkaJSBrokerNotFound') {
         await this.#cluster.refreshMetadata().catch(() => undefined);
       }

@@ -30,6 +30,17 @@ import type { KafkaLogAddress } from './kafka-url.ts';
 
 const { Kafka: KafkaClient, logLevel } = kafkajs;
 
+// kafkajs 2.2.4's request queue calls setTimeout with a negative delay when it
+// is not throttled (harmless: Node clamps it to 1 ms), and Node 24 prints a
+// TimeoutNegativeWarning every time. Drop exactly that warning.
+const emitWarning = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+  const first = rest[0];
+  const type = typeof first === 'string' ? first : (first as { type?: string } | undefined)?.type;
+  if (type === 'TimeoutNegativeWarning' || (warning instanceof Error && warning.name === 'TimeoutNegativeWarning')) return;
+  emitWarning(warning, ...rest);
+}) as typeof process.emitWarning;
+
 export const KAFKA_RECORD_FORMAT = '1';
 const HEADER_KEY_ID = 'zos-kid';
 const HEADER_FORMAT = 'zos-fmt';

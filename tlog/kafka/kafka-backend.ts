@@ -23,7 +23,7 @@ import type { SealedEntry } from '../sealer.ts';
 import type { ExpectedVersion } from '../types.ts';
 import { nowNs } from '../clock.ts';
 import { EntryTable } from '../entry-table.ts';
-import { GroupCommitQueue, checkFrameLinks, planGroup, type PendingAppend } from '../group-commit.ts';
+import { GroupCommitQueue, checkFrameLinks, planGroup, type GroupPlan, type PendingAppend } from '../group-commit.ts';
 import { Mutex } from '../file/mutex.ts';
 import { PartitionReader, type FetchedRecord } from './partition-reader.ts';
 import type { KafkaLogAddress } from './kafka-url.ts';
@@ -402,7 +402,12 @@ export class KafkaBackend implements LogBackend {
         // Entries of an earlier, failed attempt that did land are done.
         remaining = this.#settleInDoubt(remaining);
         if (remaining.length === 0) return;
-        await this.#attempt(remaining);
+        const plan = planGroup(remaining, this.#table, this.#lastChain, this.#lastTime, nowNs(), this.#signer);
+        for (const c of plan.conflicts) c.pending.reject(c.error);
+        // A refused append is final: it must never be written by a later retry.
+        remaining = plan.entries.map((e) => e.pending);
+        if (remaining.length === 0) return;
+        await this.#send(plan);
         return;
       } catch (err) {
         lastError = err;
@@ -457,10 +462,7 @@ export class KafkaBackend implements LogBackend {
     return rest;
   }
 
-  async #attempt(group: PendingAppend[]): Promise<void> {
-    const plan = planGroup(group, this.#table, this.#lastChain, this.#lastTime, nowNs(), this.#signer);
-    for (const c of plan.conflicts) c.pending.reject(c.error);
-    if (plan.entries.length === 0) return;
+  async #send(plan: GroupPlan): Promise<void> {
     const txn = this.#openTxn!;
     this.#openTxn = null;
     const ts = (plan.commitTimeNs / 1_000_000n).toString();

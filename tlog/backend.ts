@@ -17,7 +17,7 @@ export interface BackendAppendResult {
 /** Computes the chain value of an entry: keyed, so only key holders can. */
 export interface ChainSigner {
   readonly keyId: Buffer;
-  chain(header: Uint8Array, contentHash: Uint8Array): Buffer;
+  chain(header: Uint8Array, tag: Uint8Array): Buffer;
 }
 
 export interface BackendStats {

@@ -4,7 +4,7 @@
  *
  *   master key (32 B, random, file mode 0600)
  *     ├─ kdf(1, "zos-name") → name key   : streamKey = BLAKE2b-256(nameKey, stream name)
- *     ├─ kdf(2, "zos-chan") → chain key  : chain_n   = BLAKE2b-256(chainKey, header_n ‖ BLAKE2b-256(ct_n))
+ *     ├─ kdf(2, "zos-chan") → chain key  : chain_n   = BLAKE2b-256(chainKey, header_n ‖ tag_n)
  *     ├─ kdf(3, "zos-strm") → stream root: entryKey  = BLAKE2b-256(streamRoot, streamKey)  (per stream)
  *     ├─ kdf(4, "zos-audt") → audit key  : term hashes in the audit index
  *     └─ kdf(5, "zos-kid_") → key id     : first 16 bytes, stored in headers to detect a wrong key
@@ -94,14 +94,20 @@ export class KeyRing {
     return k;
   }
 
-  readonly #chainInput = Buffer.alloc(120 + HASH_BYTES);
+  readonly #chainInput = Buffer.alloc(120 + TAG_BYTES);
 
-  /** chain_n = BLAKE2b-256(chainKey, header ‖ BLAKE2b-256(ciphertext)). */
-  chain(header: Uint8Array, contentHash: Uint8Array): Buffer {
-    if (header.length + contentHash.length !== this.#chainInput.length) return hashParts([header, contentHash], this.#chainKey);
-    // One contiguous input: much cheaper than the batch API for 152 bytes.
+  /**
+   * chain_n = BLAKE2b-256(chainKey, header_n ‖ tag_n), where tag_n is the
+   * entry's Poly1305 tag. The header holds the previous chain value, the nonce
+   * and the stream key; the tag authenticates the ciphertext under the stream's
+   * key, so a changed ciphertext fails decryption and a changed, removed,
+   * inserted or reordered entry breaks the chain — without hashing the whole
+   * ciphertext on every write and read.
+   */
+  chain(header: Uint8Array, tag: Uint8Array): Buffer {
+    if (header.length + tag.length !== this.#chainInput.length) return hashParts([header, tag], this.#chainKey);
     this.#chainInput.set(header, 0);
-    this.#chainInput.set(contentHash, header.length);
+    this.#chainInput.set(tag, header.length);
     return hash32(this.#chainInput, this.#chainKey);
   }
 
@@ -130,6 +136,7 @@ export function open(ciphertext: Uint8Array, ad: Uint8Array, nonce: Uint8Array, 
   return plain;
 }
 
-export function contentHash(ciphertext: Uint8Array): Buffer {
-  return hash32(ciphertext);
+/** The Poly1305 tag at the end of an AEAD ciphertext (what the chain covers). */
+export function sealTag(ciphertext: Uint8Array): Uint8Array {
+  return ciphertext.subarray(Math.max(0, ciphertext.length - TAG_BYTES));
 }

@@ -18,7 +18,7 @@
  *             prevChain:32B                  chain value of the previous entry (zeros first)
  *             nonce:24B                      random XChaCha20 nonce
  *   ciphertext := XChaCha20-Poly1305(entryKey, nonce, ad = "zos/entry/v1" ‖ streamKey ‖ flags:u8, plaintext)
- *   chain  := BLAKE2b-256(chainKey, header ‖ BLAKE2b-256(ciphertext))  (32B)
+ *   chain  := BLAKE2b-256(chainKey, header ‖ tag)  (32B; tag = the last 16 bytes of ciphertext)
  *
  * The CRC finds torn writes and bit rot; the keyed chain finds any change,
  * removal, reordering or insertion of entries by someone without the key.
@@ -99,6 +99,24 @@ export function decodeHeader(b: Buffer): FrameHeader {
     prevChain: b.subarray(64, 96),
     nonce: b.subarray(96, 120),
   };
+}
+
+/**
+ * A frame as three parts — prefix+header, ciphertext, chain — so writers can
+ * hand them to writev without copying the ciphertext. `size` is their total.
+ */
+export function encodeFrameParts(headerBytes: Buffer, ciphertext: Buffer, chain: Buffer): { parts: Buffer[]; size: number } {
+  const bodyLength = headerBytes.length + ciphertext.length + chain.length;
+  if (bodyLength > MAX_BODY_BYTES) {
+    throw new ZosError('TLOG_ENTRY_TOO_LARGE', `entry of ${bodyLength} bytes exceeds the ${MAX_BODY_BYTES}-byte limit; split the append into smaller batches`);
+  }
+  const head = Buffer.allocUnsafe(FRAME_PREFIX_BYTES + headerBytes.length);
+  head.writeUInt32LE(FRAME_MAGIC, 0);
+  head.writeUInt32LE(bodyLength, 4);
+  headerBytes.copy(head, FRAME_PREFIX_BYTES);
+  const crc = crc32(chain, crc32(ciphertext, crc32(headerBytes)));
+  head.writeUInt32LE(crc, 8);
+  return { parts: [head, ciphertext, chain], size: FRAME_PREFIX_BYTES + bodyLength };
 }
 
 /** Assemble a full frame from its header bytes, ciphertext and chain. */

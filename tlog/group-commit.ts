@@ -4,7 +4,7 @@
  * checks applied to every frame read back (position, chain link, versions).
  */
 import { ZosError } from './errors.ts';
-import { encodeFrame, encodeHeader, type Frame } from './frame.ts';
+import { encodeFrameParts, encodeHeader, type Frame } from './frame.ts';
 import type { BackendAppendResult, ChainSigner } from './backend.ts';
 import type { SealedEntry } from './sealer.ts';
 import type { ExpectedVersion } from './types.ts';
@@ -94,7 +94,9 @@ export function checkExpected(expected: ExpectedVersion, current: bigint): ZosEr
 
 export interface PlannedEntry {
   pending: PendingAppend;
-  frame: Buffer;
+  /** The frame as parts (prefix+header, ciphertext, chain) and its size. */
+  parts: Buffer[];
+  size: number;
   chain: Buffer;
   position: bigint;
   firstVersion: bigint;
@@ -146,10 +148,12 @@ export function planGroup(
       prevChain: chain,
       nonce: p.entry.nonce,
     });
-    chain = signer.chain(headerBytes, p.entry.contentHash);
+    chain = signer.chain(headerBytes, p.entry.tag);
+    const { parts, size } = encodeFrameParts(headerBytes, p.entry.ciphertext, chain);
     entries.push({
       pending: p,
-      frame: encodeFrame(headerBytes, p.entry.ciphertext, chain),
+      parts,
+      size,
       chain,
       position: head,
       firstVersion: current + 1n,

@@ -5,7 +5,12 @@
  * stored as MessagePack.
  */
 import avro from 'avsc';
-import { encode as msgpackEncode, decode as msgpackDecode } from '@msgpack/msgpack';
+import { Decoder, Encoder } from '@msgpack/msgpack';
+
+// One encoder and decoder for the process: creating them per event dominated
+// encoding cost (each new encoder allocates and grows its own buffer).
+const encoder = new Encoder();
+const decoder = new Decoder();
 import { ZosError } from './errors.ts';
 
 export interface EncodedPayload {
@@ -77,7 +82,7 @@ export class PayloadSchemas {
     if (!entry) {
       let bytes: Uint8Array;
       try {
-        bytes = msgpackEncode(data);
+        bytes = encoder.encode(data);
       } catch (err) {
         throw new ZosError('TLOG_INVALID_ARGUMENT', `payload of ${type} cannot be encoded as MessagePack: ${(err as Error).message}`, { cause: err });
       }
@@ -94,7 +99,7 @@ export class PayloadSchemas {
   decode(type: string, encoding: 'MSGPACK' | 'AVRO', schemaVersion: number, bytes: Buffer): unknown {
     if (encoding === 'MSGPACK') {
       try {
-        return msgpackDecode(bytes);
+        return decoder.decode(bytes);
       } catch (err) {
         throw new ZosError('TLOG_BAD_RECORD', `payload of ${type} is not valid MessagePack: ${(err as Error).message}`, { cause: err });
       }

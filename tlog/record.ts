@@ -23,6 +23,7 @@
  */
 import avro from 'avsc';
 import { ZosError } from './errors.ts';
+import { randomBytes } from './crypto.ts';
 
 export const RECORD_FORMAT_VERSION = 1;
 
@@ -152,6 +153,22 @@ export function uuidToBytes(id: string): Buffer {
   const hex = id.replaceAll('-', '').toLowerCase();
   if (!HEX.test(hex)) throw new ZosError('TLOG_INVALID_ARGUMENT', `event id "${id}" is not a UUID (32 hex digits, dashes optional)`);
   return Buffer.from(hex, 'hex');
+}
+
+let idPool: Buffer = Buffer.alloc(0);
+let idPoolAt = 0;
+
+/** A random (version 4) UUID as 16 bytes, from a pooled random buffer. */
+export function randomEventId(): Buffer {
+  if (idPoolAt + 16 > idPool.length) {
+    idPool = randomBytes(16 * 512);
+    idPoolAt = 0;
+  }
+  const id = Buffer.from(idPool.subarray(idPoolAt, idPoolAt + 16));
+  idPoolAt += 16;
+  id[6] = (id[6]! & 0x0f) | 0x40;
+  id[8] = (id[8]! & 0x3f) | 0x80;
+  return id;
 }
 
 export function bytesToUuid(b: Buffer): string {

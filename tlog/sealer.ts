@@ -4,7 +4,7 @@
  * envelopes into RecordedEvents using the frame header's position/version.
  */
 import { compressSync, uncompressSync } from 'lz4-napi';
-import { contentHash, open, seal, type KeyRing } from './crypto.ts';
+import { open, seal, sealTag, type KeyRing } from './crypto.ts';
 import { ZosError } from './errors.ts';
 import { entryAd, FLAG_LZ4, type Frame } from './frame.ts';
 import { bytesToUuid, decodeEntryBody, encodeEntryBody, type EntryBody } from './record.ts';
@@ -18,19 +18,26 @@ export interface SealedEntry {
   flags: number;
   nonce: Buffer;
   ciphertext: Buffer;
-  /** BLAKE2b-256 of the ciphertext, computed outside the writer's critical section. */
-  contentHash: Buffer;
+  /** The ciphertext's Poly1305 tag: the chain value covers it. */
+  tag: Uint8Array;
 }
 
 /** Plaintext smaller than this is stored uncompressed (LZ4 rarely wins there). */
 const COMPRESS_MIN_BYTES = 96;
+
+/** Large inputs: try LZ4 on a 4 KiB sample first and skip it for incompressible data. */
+function looksCompressible(plain: Buffer): boolean {
+  if (plain.length < 16 * 1024) return true;
+  const sample = plain.subarray(plain.length >> 1, (plain.length >> 1) + 4096);
+  return compressSync(sample).length < sample.length * 0.9;
+}
 
 export function sealEntry(keys: KeyRing, body: EntryBody): SealedEntry {
   const streamKey = keys.streamKey(body.stream);
   const plain = encodeEntryBody(body);
   let flags = 0;
   let payload = plain;
-  if (plain.length >= COMPRESS_MIN_BYTES) {
+  if (plain.length >= COMPRESS_MIN_BYTES && looksCompressible(plain)) {
     const compressed = compressSync(plain);
     if (compressed.length < plain.length) {
       payload = compressed;
@@ -38,7 +45,7 @@ export function sealEntry(keys: KeyRing, body: EntryBody): SealedEntry {
     }
   }
   const { nonce, ciphertext } = seal(payload, entryAd(streamKey, flags), keys.entryKey(streamKey));
-  return { streamKey, eventCount: body.events.length, flags, nonce, ciphertext, contentHash: contentHash(ciphertext) };
+  return { streamKey, eventCount: body.events.length, flags, nonce, ciphertext, tag: sealTag(ciphertext) };
 }
 
 /** Decrypt and decode an entry's body. Throws TLOG_DECRYPT_FAILED / TLOG_BAD_RECORD. */
@@ -48,7 +55,7 @@ const MAX_PLAINTEXT_BYTES = 512 * 1024 * 1024;
 export function openEntryBody(keys: KeyRing, frame: Frame): EntryBody {
   // The chain value authenticates the header (position, versions, time, flags)
   // as well as the ciphertext: check it before trusting any of them.
-  if (!keys.chain(frame.headerBytes, contentHash(frame.ciphertext)).equals(frame.chain)) {
+  if (!keys.chain(frame.headerBytes, sealTag(frame.ciphertext)).equals(frame.chain)) {
     throw new ZosError('TLOG_DECRYPT_FAILED', `entry at position ${frame.position} failed authentication: its header or ciphertext was changed, or the key is wrong`, {
       context: { position: frame.position },
     });

@@ -3,16 +3,15 @@
  * events into entries (Avro → LZ4 → XChaCha20-Poly1305) and hands them to a
  * backend that orders, chains and stores them.
  */
-import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { contentHash, KeyRing, randomBytes } from './crypto.ts';
+import { KeyRing, randomBytes, sealTag } from './crypto.ts';
 import { ZosError, isZosError } from './errors.ts';
 import { CHAIN_BYTES, HEADER_BYTES, MAX_BODY_BYTES, ZERO_CHAIN, type Frame } from './frame.ts';
 import { createKeyFile, loadKeyFile } from './keyfile.ts';
 import { PayloadSchemas } from './payload-schemas.ts';
 import { openEntryBody, sealEntry, toRecordedEvents } from './sealer.ts';
-import { uuidToBytes, type EventEnvelope } from './record.ts';
+import { randomEventId, uuidToBytes, type EventEnvelope } from './record.ts';
 import { nowNs } from './clock.ts';
 import { FileBackend } from './file/file-backend.ts';
 import { KafkaBackend, type KafkaBackendOptions } from './kafka/kafka-backend.ts';
@@ -278,7 +277,7 @@ export class Tlog {
       }
       const p = this.schemas.encode(e.type, e.data);
       return {
-        id: uuidToBytes(e.id ?? randomUUID()),
+        id: e.id === undefined ? randomEventId() : uuidToBytes(e.id),
         type: e.type,
         schemaVersion: p.schemaVersion,
         encoding: p.encoding,
@@ -460,7 +459,7 @@ export class Tlog {
         if (!frame.prevChain.equals(prevChain)) {
           return fail(expectPos, 'TLOG_CHAIN_BROKEN', 'the entry does not link to the previous one (hash chain broken): entries were removed, inserted or reordered');
         }
-        const chain = this.#keys.chain(frame.headerBytes, contentHash(frame.ciphertext));
+        const chain = this.#keys.chain(frame.headerBytes, sealTag(frame.ciphertext));
         if (!chain.equals(frame.chain)) {
           return fail(expectPos, 'TLOG_CHAIN_BROKEN', 'the chain value does not match the entry: it was modified (or the key is wrong)');
         }

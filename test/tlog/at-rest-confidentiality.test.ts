@@ -9,7 +9,7 @@
 import t from 'tap';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { contentHash, KeyRing, randomBytes } from '../../tlog/crypto.ts';
+import { sealTag, KeyRing, randomBytes } from '../../tlog/crypto.ts';
 import { decodeFrame, encodeFrame, encodeHeader, type Frame } from '../../tlog/frame.ts';
 import type { EntryBody } from '../../tlog/record.ts';
 import { openEntryBody, sealEntry } from '../../tlog/sealer.ts';
@@ -185,7 +185,7 @@ t.test('sealing the very same entry body twice gives different nonces and cipher
   t.notOk(a.ciphertext.includes(Buffer.from(SECRETS.payload)), 'ciphertext does not contain the payload');
   for (const s of [a, b]) {
     const header = encodeHeader({ flags: s.flags, eventCount: 1, position: 0n, firstVersion: 0n, commitTimeNs: 1n, streamKey: s.streamKey, prevChain: Buffer.alloc(32), nonce: s.nonce });
-    const d = decodeFrame(encodeFrame(header, s.ciphertext, keys.chain(header, contentHash(s.ciphertext))));
+    const d = decodeFrame(encodeFrame(header, s.ciphertext, keys.chain(header, sealTag(s.ciphertext))));
     if (d.kind !== 'frame') {
       t.fail(`frame does not decode: ${d.kind}`);
       continue;

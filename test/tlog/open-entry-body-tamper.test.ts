@@ -8,7 +8,7 @@
  */
 import t from 'tap';
 import fc from 'fast-check';
-import { contentHash, KeyRing, randomBytes } from '../../tlog/crypto.ts';
+import { sealTag, KeyRing, randomBytes } from '../../tlog/crypto.ts';
 import { ZosError } from '../../tlog/errors.ts';
 import { decodeFrame, encodeFrame, encodeHeader, FLAG_LZ4, type Frame } from '../../tlog/frame.ts';
 import type { EntryBody } from '../../tlog/record.ts';
@@ -51,7 +51,7 @@ function frameOf(keys: KeyRing, p: Parts): Frame {
     prevChain: Buffer.alloc(32),
     nonce: p.nonce,
   });
-  const d = decodeFrame(encodeFrame(headerBytes, p.ciphertext, keys.chain(headerBytes, contentHash(p.ciphertext))));
+  const d = decodeFrame(encodeFrame(headerBytes, p.ciphertext, keys.chain(headerBytes, sealTag(p.ciphertext))));
   if (d.kind !== 'frame') throw new Error(`fixture frame does not decode: ${d.kind}`);
   return d.frame;
 }

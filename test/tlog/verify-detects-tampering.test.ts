@@ -140,7 +140,9 @@ const cases: Case[] = [
     ([field, edit]): Case => ({
       name: `${field} of a middle entry changed and the CRC recomputed`,
       position: 10n,
-      codes: ['TLOG_CHAIN_BROKEN', 'TLOG_CORRUPT'],
+      // Header fields and the tag are under the chain MAC; other ciphertext
+      // bytes are under the AEAD tag, so decryption catches them.
+      codes: field === 'ciphertext byte' ? ['TLOG_DECRYPT_FAILED'] : ['TLOG_CHAIN_BROKEN', 'TLOG_CORRUPT'],
       tamper: (b, fr) => {
         const c = Buffer.from(b);
         rewriteWithCrc(c, fr[10]!, edit);

@@ -5,7 +5,7 @@
  * one directory by several processes (a cross-process writer lock; readers
  * catch up by reading what others appended).
  */
-import { existsSync, fstatSync, mkdirSync, readdirSync, watch, writeSync, type FSWatcher } from 'node:fs';
+import { existsSync, fstatSync, mkdirSync, readdirSync, watch, writeSync, writevSync, type FSWatcher } from 'node:fs';
 import { open, rename, mkdir, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ZosError, ioError } from '../errors.ts';
@@ -63,6 +63,15 @@ interface Segment {
 
 const READ_CHUNK = 1 << 20;
 const SYNC_WRITE_MAX = 256 * 1024;
+/** Keep the writer lock this long after a group in case another follows. */
+const LOCK_LINGER_MS = 2;
+/**
+ * Let go as soon as another process knocks (see WriterLock), and in any case
+ * after LOCK_MAX_HOLD_MS; then stay away LOCK_YIELD_MS so the waiter (which
+ * polls at least every 2 ms) gets its turn.
+ */
+const LOCK_MAX_HOLD_MS = 500;
+const LOCK_YIELD_MS = 5;
 
 export class FileBackend implements LogBackend {
   readonly kind = 'file';
@@ -79,6 +88,10 @@ export class FileBackend implements LogBackend {
   readonly #segments: Segment[] = [];
   readonly #mutex = new Mutex();
   #lock: WriterLock | null = null;
+  #lockSince = 0;
+  #lastGroupAt = 0;
+  #yieldUntil = 0;
+  #lingerTimer: NodeJS.Timeout | null = null;
   #lastChain: Buffer = ZERO_CHAIN;
   #lastTime = 0n;
   /** Entries [0, visible) may be read: our own appends become visible once durable. */
@@ -455,17 +468,67 @@ export class FileBackend implements LogBackend {
     return this.#queue.submit(entry, expected);
   }
 
-  /** One group commit: lock, catch up, check versions, write, unlock, fdatasync, resolve. */
+  /**
+   * Take the writer lock unless we still hold it from the last group. While we
+   * hold it nobody else can append, so catching up is only needed after a
+   * fresh acquire. Returns whether it was freshly taken.
+   */
+  async #holdLock(): Promise<boolean> {
+    const lock = this.#lock!;
+    if (lock.held) return false;
+    const wait = this.#yieldUntil - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    await lock.acquire();
+    this.#lockSince = Date.now();
+    return true;
+  }
+
+  /**
+   * After a group: keep the lock for the next one when appends keep coming
+   * (LOCK_LINGER_MS), but never hold it longer than LOCK_MAX_HOLD_MS at a
+   * stretch, so that other processes' appenders get their turn.
+   */
+  async #afterGroup(): Promise<void> {
+    const lock = this.#lock!;
+    if (!lock.held) return;
+    if (lock.contended || Date.now() - this.#lockSince >= LOCK_MAX_HOLD_MS) {
+      await lock.release();
+      this.#yieldUntil = Date.now() + LOCK_YIELD_MS;
+      return;
+    }
+    this.#lastGroupAt = Date.now();
+    if (this.#lingerTimer) return;
+    this.#lingerTimer = setTimeout(() => void this.#lingerExpired(), LOCK_LINGER_MS);
+    this.#lingerTimer.unref();
+  }
+
+  async #lingerExpired(): Promise<void> {
+    this.#lingerTimer = null;
+    await this.#mutex.run(async () => {
+      const lock = this.#lock!;
+      if (!lock.held) return;
+      if (this.#queue.busy && Date.now() - this.#lastGroupAt < LOCK_LINGER_MS) {
+        this.#lingerTimer = setTimeout(() => void this.#lingerExpired(), LOCK_LINGER_MS);
+        this.#lingerTimer.unref();
+        return;
+      }
+      await lock.release();
+    });
+  }
+
+  /** One group commit: lock, catch up, check versions, write, fdatasync, resolve. */
   async #commit(group: PendingAppend[]): Promise<void> {
     const lock = this.#lock!;
-    await lock.acquire();
+    const fresh = await this.#holdLock();
     let plan: ReturnType<typeof planGroup> | null = null;
     const touched = new Set<Segment>();
     let createdSegment = false;
     try {
-      await this.#catchUp(true);
-      this.#visible = this.#table.length;
-      await this.#writeMissingIndexRecords();
+      if (fresh) {
+        await this.#catchUp(true);
+        this.#visible = this.#table.length;
+        await this.#writeMissingIndexRecords();
+      }
       plan = planGroup(group, this.#table, this.#lastChain, this.#lastTime, nowNs(), this.#signer);
       for (const c of plan.conflicts) c.pending.reject(c.error);
       const frames = plan.entries;
@@ -474,7 +537,7 @@ export class FileBackend implements LogBackend {
       let i = 0;
       while (i < frames.length) {
         let seg = this.#segments[this.#segments.length - 1];
-        if (!seg || (seg.size > SEGMENT_HEADER_BYTES && seg.size + frames[i]!.frame.length > this.#segmentMaxBytes)) {
+        if (!seg || (seg.size > SEGMENT_HEADER_BYTES && seg.size + frames[i]!.size > this.#segmentMaxBytes)) {
           seg = await this.#createSegment(frames[i]!.position);
           createdSegment = true;
         }
@@ -482,21 +545,21 @@ export class FileBackend implements LogBackend {
         const parts: Buffer[] = [];
         let len = 0;
         const start = seg.size;
-        while (i < frames.length && (len === 0 || start + len + frames[i]!.frame.length <= this.#segmentMaxBytes)) {
+        while (i < frames.length && (len === 0 || start + len + frames[i]!.size <= this.#segmentMaxBytes)) {
           const f = frames[i]!;
-          parts.push(f.frame);
-          this.#table.push({ position: f.position, firstVersion: f.firstVersion, commitTimeNs: time, eventCount: f.eventCount, frameSize: f.frame.length, streamKey: f.streamKey, segment: si, offset: start + len });
+          parts.push(...f.parts);
+          this.#table.push({ position: f.position, firstVersion: f.firstVersion, commitTimeNs: time, eventCount: f.eventCount, frameSize: f.size, streamKey: f.streamKey, segment: si, offset: start + len });
           this.#lastChain = f.chain;
-          len += f.frame.length;
+          len += f.size;
           i++;
         }
         const fh = await this.#segmentFh(seg);
         try {
-          const bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts, len);
           // Small writes only copy into the page cache: do them inline rather
-          // than paying a thread-pool round trip; large ones go async.
-          if (len <= SYNC_WRITE_MAX) writeFullySync(fh.fd, bytes, start);
-          else await writeFully(fh, bytes, start);
+          // than paying a thread-pool round trip; large ones go async. Either
+          // way one gathered write, without copying the ciphertexts.
+          if (len <= SYNC_WRITE_MAX) writevFullySync(fh.fd, parts, start);
+          else await writevFully(fh, parts, start);
         } catch (err) {
           // Undo: nothing of this group may stay visible or on disk.
           await fh.truncate(start).catch(() => undefined);
@@ -512,9 +575,8 @@ export class FileBackend implements LogBackend {
       this.#table.truncate(this.#visible);
       this.#lastChain = ZERO_CHAIN;
       await this.#reloadAfterFailure();
-      throw err;
-    } finally {
       await lock.release();
+      throw err;
     }
     try {
       for (const seg of touched) await seg.fh!.datasync();
@@ -524,9 +586,11 @@ export class FileBackend implements LogBackend {
       const e = ioError('fdatasync failed; the appends in this group may not be durable', err);
       for (const x of plan!.entries) x.pending.reject(e);
       this.#visible = this.#table.length;
+      await lock.release();
       return;
     }
     this.#visible = this.#table.length;
+    await this.#afterGroup();
     for (const x of plan!.entries) x.pending.resolve({ position: x.position, firstVersion: x.firstVersion, commitTimeNs: plan!.commitTimeNs });
     this.#notify();
   }
@@ -808,7 +872,12 @@ export class FileBackend implements LogBackend {
     this.#closed = true;
     this.#stopWatching();
     for (const w of [...this.#waiters]) w();
-    await this.#mutex.run(() => this.#closeHandles());
+    if (this.#lingerTimer) clearTimeout(this.#lingerTimer);
+    this.#lingerTimer = null;
+    await this.#mutex.run(async () => {
+      await this.#lock?.release();
+      await this.#closeHandles();
+    });
   }
 
   async #closeHandles(): Promise<void> {
@@ -821,6 +890,47 @@ export class FileBackend implements LogBackend {
   }
 }
 
+/** writev, continuing after short writes. */
+function writevFullySync(fd: number, parts: Buffer[], position: number): void {
+  let rest = parts;
+  let pos = position;
+  while (rest.length > 0) {
+    let n = writevSync(fd, rest.length > 1024 ? rest.slice(0, 1024) : rest, pos);
+    if (n === 0) throw new Error('short write');
+    pos += n;
+    while (n > 0 && rest.length > 0) {
+      const first = rest[0]!;
+      if (n >= first.length) {
+        n -= first.length;
+        rest = rest.slice(1);
+      } else {
+        rest = [first.subarray(n), ...rest.slice(1)];
+        n = 0;
+      }
+    }
+  }
+}
+
+async function writevFully(fh: FileHandle, parts: Buffer[], position: number): Promise<void> {
+  let rest = parts;
+  let pos = position;
+  while (rest.length > 0) {
+    let { bytesWritten: n } = await fh.writev(rest.length > 1024 ? rest.slice(0, 1024) : rest, pos);
+    if (n === 0) throw new Error('short write');
+    pos += n;
+    while (n > 0 && rest.length > 0) {
+      const first = rest[0]!;
+      if (n >= first.length) {
+        n -= first.length;
+        rest = rest.slice(1);
+      } else {
+        rest = [first.subarray(n), ...rest.slice(1)];
+        n = 0;
+      }
+    }
+  }
+}
+
 function writeFullySync(fd: number, buf: Buffer, position: number): void {
   let done = 0;
   while (done < buf.length) {
@@ -830,14 +940,6 @@ function writeFullySync(fd: number, buf: Buffer, position: number): void {
   }
 }
 
-async function writeFully(fh: FileHandle, buf: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
-    if (bytesWritten === 0) throw new Error('short write');
-    done += bytesWritten;
-  }
-}
 
 async function syncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');

@@ -8,7 +8,7 @@
  * network namespace (document: processes sharing a data directory must share
  * a network namespace, which is the default).
  */
-import { createServer, type Server } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import { statSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { ZosError } from '../errors.ts';
@@ -23,8 +23,23 @@ export class WriterLock {
     this.#name = `\0zos-writer-${id}`;
   }
 
+  #contended = false;
+
   get held(): boolean {
     return this.#server !== null;
+  }
+
+  /** True once another process has asked for the lock while we held it. */
+  get contended(): boolean {
+    return this.#contended;
+  }
+
+  /** Tell the holder that we are waiting (it lets go at its next chance). */
+  #knock(): void {
+    const sock = connect({ path: this.#name });
+    sock.on('error', () => undefined);
+    sock.on('connect', () => sock.destroy());
+    sock.unref();
   }
 
   #tryListen(): Promise<Server | null> {
@@ -39,6 +54,12 @@ export class WriterLock {
       server.once('error', onError);
       server.listen({ path: this.#name, exclusive: true }, () => {
         server.off('error', onError);
+        server.on('error', () => undefined);
+        // A connection is another process knocking: it wants the lock.
+        server.on('connection', (sock) => {
+          this.#contended = true;
+          sock.destroy();
+        });
         resolve(server);
       });
     });
@@ -52,8 +73,10 @@ export class WriterLock {
       const server = await this.#tryListen();
       if (server) {
         this.#server = server;
+        this.#contended = false;
         return;
       }
+      if (attempt % 8 === 0) this.#knock();
       if (Date.now() > deadline) {
         throw new ZosError('TLOG_LOCK_TIMEOUT', `another zos process has held the writer lock for ${timeoutMs} ms; check for a stuck process and retry`, {
           retriable: true,
@@ -61,7 +84,7 @@ export class WriterLock {
       }
       attempt++;
       if (attempt < 20) await new Promise((r) => setImmediate(r));
-      else await new Promise((r) => setTimeout(r, Math.min(5, 1 + (attempt >> 4))));
+      else await new Promise((r) => setTimeout(r, Math.min(2, 1 + (attempt >> 5))));
     }
   }
 

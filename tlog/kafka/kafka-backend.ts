@@ -474,7 +474,7 @@ export class KafkaBackend implements LogBackend {
         acks: -1,
         messages: plan.entries.map((e) => ({
           key: e.streamKey,
-          value: e.frame,
+          value: Buffer.concat(e.parts, e.size),
           partition: 0,
           timestamp: ts,
           headers: { [HEADER_KEY_ID]: this.#signer.keyId, [HEADER_FORMAT]: KAFKA_RECORD_FORMAT },
@@ -495,11 +495,11 @@ export class KafkaBackend implements LogBackend {
         segment: 0,
         offset: base === undefined ? -1 : Number(base) + i,
         eventCount: e.eventCount,
-        frameSize: e.frame.length,
+        frameSize: e.size,
         streamKey: e.streamKey,
       });
       this.#lastChain = e.chain;
-      this.#bytes += e.frame.length;
+      this.#bytes += e.size;
     }
     this.#lastTime = plan.commitTimeNs;
     // Our records end here; the commit marker that follows (written by the

@@ -890,24 +890,27 @@ export class FileBackend implements LogBackend {
   }
 }
 
+/** Drop the first `n` written bytes from a list of parts. */
+function afterWritten(parts: Buffer[], written: number): Buffer[] {
+  let n = written;
+  let i = 0;
+  while (i < parts.length && n >= parts[i]!.length) n -= parts[i++]!.length;
+  const rest = parts.slice(i);
+  if (n > 0 && rest.length > 0) rest[0] = rest[0]!.subarray(n);
+  return rest;
+}
+
+const IOV_MAX = 1024;
+
 /** writev, continuing after short writes. */
 function writevFullySync(fd: number, parts: Buffer[], position: number): void {
   let rest = parts;
   let pos = position;
   while (rest.length > 0) {
-    let n = writevSync(fd, rest.length > 1024 ? rest.slice(0, 1024) : rest, pos);
+    const n = writevSync(fd, rest.slice(0, IOV_MAX), pos);
     if (n === 0) throw new Error('short write');
     pos += n;
-    while (n > 0 && rest.length > 0) {
-      const first = rest[0]!;
-      if (n >= first.length) {
-        n -= first.length;
-        rest = rest.slice(1);
-      } else {
-        rest = [first.subarray(n), ...rest.slice(1)];
-        n = 0;
-      }
-    }
+    rest = afterWritten(rest, n);
   }
 }
 
@@ -915,19 +918,10 @@ async function writevFully(fh: FileHandle, parts: Buffer[], position: number): P
   let rest = parts;
   let pos = position;
   while (rest.length > 0) {
-    let { bytesWritten: n } = await fh.writev(rest.length > 1024 ? rest.slice(0, 1024) : rest, pos);
+    const { bytesWritten: n } = await fh.writev(rest.slice(0, IOV_MAX), pos);
     if (n === 0) throw new Error('short write');
     pos += n;
-    while (n > 0 && rest.length > 0) {
-      const first = rest[0]!;
-      if (n >= first.length) {
-        n -= first.length;
-        rest = rest.slice(1);
-      } else {
-        rest = [first.subarray(n), ...rest.slice(1)];
-        n = 0;
-      }
-    }
+    rest = afterWritten(rest, n);
   }
 }
 

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH_DIR, fmtRatio, nowMs, printTable, writeResult, type Cell } from './lib.ts';
 
-const BENCHES = ['append', 'replay', 'crypto'] as const;
+const BENCHES = ['append', 'replay', 'crypto', 'kafka-append'] as const;
 type BenchName = (typeof BENCHES)[number];
 
 const { values } = parseArgs({
@@ -28,7 +28,7 @@ const { values } = parseArgs({
   strict: true,
 });
 if (values.help) {
-  process.stdout.write('usage: npx node bench/run-all.ts [--smoke] [--dir DIR] [--only append,replay,crypto]\n');
+  process.stdout.write('usage: npx node bench/run-all.ts [--smoke] [--dir DIR] [--only append,replay,crypto,kafka-append]\n');
   process.exit(0);
 }
 const smoke = values.smoke === true;
@@ -74,6 +74,12 @@ interface ReplayJson {
   target: number;
   rows: Array<{ batch: number; eventsPerSec: number; cpuUsPerEvent: number }>;
 }
+interface KafkaAppendJson {
+  skipped?: string;
+  zos?: Array<{ batch: number; concurrency: number; eventsPerSec: number; ratios: { vsPerfDefault: number | null; vsPerfTuned: number | null } }>;
+  e2e?: Array<{ batch: number; appendsPerSec: number; deliveryMs: { p50: number; p99: number } }>;
+  target?: { perfDefaultRecordsPerSec: number | null; perfTunedRecordsPerSec: number | null; met: boolean | null; metVsTuned: boolean | null };
+}
 interface CryptoJson {
   cells: Array<{ lib: string; bytes: number; sealMBps: number; openMBps: number | null }>;
 }
@@ -108,6 +114,20 @@ if (crypto) {
     const w = crypto.cells.find((x) => x.bytes === c.bytes && x.lib.startsWith('libsodium-wrappers'));
     rows.push([`crypto seal ${c.bytes} B MB/s (native vs wrappers)`, c.sealMBps, w?.sealMBps ?? null, fmtRatio(w ? c.sealMBps / w.sealMBps : null), '—', '—']);
   }
+}
+const kafka = only.includes('kafka-append') ? (readResult('kafka-append') as unknown as KafkaAppendJson | null) : null;
+if (kafka?.skipped) {
+  rows.push(['kafka append', null, null, null, '—', `skipped: ${kafka.skipped}`]);
+} else if (kafka) {
+  const perfDefault = kafka.target?.perfDefaultRecordsPerSec ?? null;
+  for (const z of kafka.zos ?? []) {
+    const r = z.ratios.vsPerfDefault;
+    rows.push([`kafka append ${z.batch}×${z.concurrency} events/s`, z.eventsPerSec, perfDefault, fmtRatio(r), '≥ 1× perf tool', r === null ? 'no perf run' : r >= 1 ? 'met' : 'not met']);
+  }
+  for (const e of kafka.e2e ?? []) {
+    rows.push([`kafka e2e latency p50 ms, ${e.batch} ev × ${e.appendsPerSec} appends/s`, e.deliveryMs.p50, null, null, '—', `p99 ${e.deliveryMs.p99.toFixed(1)} ms`]);
+  }
+  summary.kafkaAppend = kafka.target;
 }
 printTable(`Summary${smoke ? ' (SMOKE: tiny runs, figures meaningless)' : ''}`, ['figure', 'measured', 'peer / target', 'ratio', 'target', 'status'], rows);
 printTable('Runs', ['benchmark', 'exit', 'seconds'], runs.map((r) => [r.name, r.code, r.seconds]));

@@ -368,7 +368,10 @@ export class KafkaBackend implements LogBackend {
         maxInFlightRequests: 1,
         transactionTimeout: 60_000,
         allowAutoTopicCreation: false,
-        retry: { retries: 2, initialRetryTime: 200, maxRetryTime: 2000 },
+        // Right after a commit the coordinator answers the next transaction's
+        // first request with CONCURRENT_TRANSACTIONS for a moment; Java's
+        // client retries that after 20 ms, so must we (kafkajs would wait 200).
+        retry: { retries: 8, initialRetryTime: 10, maxRetryTime: 2000 },
       });
       await this.#producer.connect();
     }

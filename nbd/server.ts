@@ -53,6 +53,9 @@ export interface NbdServerOptions {
 
 class Closed extends Error {}
 
+/** Replies queued on a socket beyond this make the server stop reading requests. */
+const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
+
 /** Reads exact byte counts from a socket, with backpressure. */
 class SocketReader {
   readonly #socket: Socket;
@@ -149,7 +152,9 @@ export class NbdServer {
 
   constructor(opts: NbdServerOptions) {
     this.#opts = { maxPayload: 32 * 1024 * 1024, maxInFlight: 128, handshakeTimeoutMs: 30_000, ...opts };
-    this.#server = createServer((socket) => {
+    // allowHalfOpen: a client may DISC and shut down its side while replies
+    // to earlier requests are still on their way.
+    this.#server = createServer({ allowHalfOpen: true }, (socket) => {
       this.#sockets.add(socket);
       socket.on('close', () => this.#sockets.delete(socket));
       socket.setNoDelay(true);
@@ -319,8 +324,28 @@ export class NbdServer {
       replyError(cookie, NBD_ERR.EIO, 'I/O error');
     };
 
+    let readBytesInFlight = 0;
+    const KNOWN_FLAGS = CMD_FLAG.FUA | CMD_FLAG.NO_HOLE | CMD_FLAG.DF | CMD_FLAG.REQ_ONE | CMD_FLAG.FAST_ZERO;
     for (;;) {
       while (inFlight.size >= this.#opts.maxInFlight) await Promise.race(inFlight);
+      // A client that does not read its replies must not make us buffer them
+      // without bound: stop reading requests until the socket drains.
+      while (socket.writableLength + readBytesInFlight > MAX_UNSENT_BYTES && !socket.destroyed) {
+        if (readBytesInFlight > 0 && socket.writableLength <= MAX_UNSENT_BYTES) {
+          await Promise.race(inFlight);
+          continue;
+        }
+        await new Promise<void>((resolve) => {
+          const done = (): void => {
+            socket.off('drain', done);
+            socket.off('close', done);
+            resolve();
+          };
+          socket.once('drain', done);
+          socket.once('close', done);
+        });
+      }
+      if (socket.destroyed) break;
       let header: Buffer;
       try {
         header = await reader.read(REQUEST_HEADER_BYTES);
@@ -344,10 +369,15 @@ export class NbdServer {
           continue;
         }
         const data = await reader.read(r.length);
-        if (dev.readOnly) replyError(r.cookie, NBD_ERR.EPERM, 'export is read-only');
+        if (r.flags & ~KNOWN_FLAGS) replyError(r.cookie, NBD_ERR.EINVAL, `unknown command flags 0x${r.flags.toString(16)}`);
+        else if (dev.readOnly) replyError(r.cookie, NBD_ERR.EPERM, 'export is read-only');
         else if (outOfRange) replyError(r.cookie, NBD_ERR.ENOSPC, 'write beyond the end of the export');
         else if (r.length === 0) replyOk(r.cookie);
         else track(dev.write(offset, data, fua).then(() => replyOk(r.cookie), (e: unknown) => failed(r.cookie, e)), true);
+        continue;
+      }
+      if (r.flags & ~KNOWN_FLAGS && r.type !== CMD.DISC) {
+        replyError(r.cookie, NBD_ERR.EINVAL, `unknown command flags 0x${r.flags.toString(16)}`);
         continue;
       }
       switch (r.type) {
@@ -358,8 +388,10 @@ export class NbdServer {
           else {
             const cookie = r.cookie;
             const at = r.offset;
+            const len = r.length;
+            readBytesInFlight += len;
             track(
-              dev.read(offset, r.length).then(
+              dev.read(offset, r.length).finally(() => (readBytesInFlight -= len)).then(
                 (data) => {
                   if (structured) {
                     const off = Buffer.alloc(8);
@@ -388,7 +420,10 @@ export class NbdServer {
         case CMD.TRIM:
         case CMD.WRITE_ZEROES: {
           if (dev.readOnly) replyError(r.cookie, NBD_ERR.EPERM, 'export is read-only');
-          else if (outOfRange) replyError(r.cookie, NBD_ERR.ENOSPC, 'request beyond the end of the export');
+          else if (outOfRange) {
+            // proto.md: EINVAL for a trim beyond the end, ENOSPC for writes (WRITE_ZEROES is one).
+            replyError(r.cookie, r.type === CMD.TRIM ? NBD_ERR.EINVAL : NBD_ERR.ENOSPC, 'request beyond the end of the export');
+          }
           else if (r.length === 0) replyOk(r.cookie);
           else {
             const cookie = r.cookie;

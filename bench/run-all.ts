@@ -4,7 +4,7 @@
  *
  *   npm run bench            # full run (a few minutes); results in bench/results/
  *   npm run bench:smoke      # tiny sizes (CI); results in bench/results/smoke/
- *   npx node bench/run-all.ts [--smoke] [--dir /path/on/the/disk] [--only append,replay,crypto]
+ *   npx node bench/run-all.ts [--smoke] [--dir /path/on/the/disk] [--only append,replay,crypto,kafka-append,nbd]
  *
  * Exits non-zero when a benchmark fails (crashes, wrong counts); missing a
  * performance target is reported, not an error.
@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH_DIR, fmtRatio, nowMs, printTable, writeResult, type Cell } from './lib.ts';
 
-const BENCHES = ['append', 'replay', 'crypto', 'kafka-append'] as const;
+const BENCHES = ['append', 'replay', 'crypto', 'kafka-append', 'nbd'] as const;
 type BenchName = (typeof BENCHES)[number];
 
 const { values } = parseArgs({
@@ -28,7 +28,7 @@ const { values } = parseArgs({
   strict: true,
 });
 if (values.help) {
-  process.stdout.write('usage: npx node bench/run-all.ts [--smoke] [--dir DIR] [--only append,replay,crypto,kafka-append]\n');
+  process.stdout.write('usage: npx node bench/run-all.ts [--smoke] [--dir DIR] [--only append,replay,crypto,kafka-append,nbd]\n');
   process.exit(0);
 }
 const smoke = values.smoke === true;
@@ -80,6 +80,12 @@ interface KafkaAppendJson {
   e2e?: Array<{ batch: number; appendsPerSec: number; deliveryMs: { p50: number; p99: number } }>;
   target?: { perfDefaultRecordsPerSec: number | null; perfTunedRecordsPerSec: number | null; met: boolean | null; metVsTuned: boolean | null };
 }
+interface NbdJson {
+  skipped?: string;
+  results?: Record<string, Record<string, { iops: number; mbPerSec: number }>>;
+  ratios?: Array<{ workload: string; kind: 'random' | 'seq'; target: number; memVsQemu: number | null; fileVsQemu: number | null; memVsNbdkit: number | null }>;
+  targets?: { rssMiB: number; rssFilePeakMiB: number | null; rssMemEndMiB: number | null; rssMet: boolean | null };
+}
 interface CryptoJson {
   cells: Array<{ lib: string; bytes: number; sealMBps: number; openMBps: number | null }>;
 }
@@ -128,6 +134,30 @@ if (kafka?.skipped) {
     rows.push([`kafka e2e latency p50 ms, ${e.batch} ev × ${e.appendsPerSec} appends/s`, e.deliveryMs.p50, null, null, '—', `p99 ${e.deliveryMs.p99.toFixed(1)} ms`]);
   }
   summary.kafkaAppend = kafka.target;
+}
+const nbd = only.includes('nbd') ? (readResult('nbd') as unknown as NbdJson | null) : null;
+if (nbd?.skipped) {
+  rows.push(['nbd (fio over NBD)', null, null, null, '—', `skipped: ${nbd.skipped}`]);
+} else if (nbd) {
+  // The targets are for the later vdisk-backed server; this is the bare server (memory device, raw file).
+  for (const r of nbd.ratios ?? []) {
+    const mem = nbd.results?.['zos-mem']?.[r.workload];
+    const qemu = nbd.results?.['qemu-nbd']?.[r.workload];
+    const unit = r.kind === 'seq' ? 'MB/s' : 'IOPS';
+    const pickV = (c: { iops: number; mbPerSec: number } | undefined): number | null => (c ? (r.kind === 'seq' ? c.mbPerSec : c.iops) : null);
+    const file = r.fileVsQemu === null ? '' : `; raw file ${fmtRatio(r.fileVsQemu)}`;
+    rows.push([
+      `nbd ${r.workload} ${unit} (memory device vs qemu-nbd)`,
+      pickV(mem),
+      pickV(qemu),
+      fmtRatio(r.memVsQemu),
+      `≥ ${r.target}× qemu-nbd (vdisk)`,
+      `${r.memVsQemu === null ? 'no qemu-nbd' : r.memVsQemu >= r.target ? 'met' : 'not met'}${file}`,
+    ]);
+  }
+  const t = nbd.targets;
+  if (t) rows.push(['nbd server peak RSS MiB (raw-file device)', t.rssFilePeakMiB, t.rssMiB, null, `≤ ${t.rssMiB} MiB`, t.rssMet === null ? '—' : t.rssMet ? 'met' : 'not met']);
+  summary.nbd = { ratios: nbd.ratios, rss: nbd.targets };
 }
 printTable(`Summary${smoke ? ' (SMOKE: tiny runs, figures meaningless)' : ''}`, ['figure', 'measured', 'peer / target', 'ratio', 'target', 'status'], rows);
 printTable('Runs', ['benchmark', 'exit', 'seconds'], runs.map((r) => [r.name, r.code, r.seconds]));

@@ -302,8 +302,12 @@ export class NbdServer {
     const writes = new Set<Promise<void>>();
     const write = (b: Buffer | Buffer[]): void => {
       if (socket.destroyed) return;
-      if (Array.isArray(b)) for (const x of b) socket.write(x);
-      else socket.write(b);
+      if (Array.isArray(b)) {
+        // One segment for header + data, not one per part (no-delay is on).
+        socket.cork();
+        for (const x of b) socket.write(x);
+        socket.uncork();
+      } else socket.write(b);
     };
     const replyError = (cookie: bigint, err: number, message: string): void => {
       write(structured ? encodeErrorChunk(cookie, err, message) : encodeSimpleReply(cookie, err));

@@ -45,36 +45,34 @@ export class MemoryBlockDevice implements BlockDevice {
     this.readOnly = readOnly;
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    const out = Buffer.alloc(length);
+  /** Visit the chunk pieces covering [offset, offset+length): (chunk index, offset within it, bytes, bytes done before). */
+  #pieces(offset: number, length: number, fn: (idx: number, within: number, n: number, done: number) => void): void {
     let done = 0;
     while (done < length) {
       const pos = offset + done;
       const idx = Math.floor(pos / this.#chunkSize);
       const within = pos - idx * this.#chunkSize;
       const n = Math.min(this.#chunkSize - within, length - done);
-      const c = this.#chunks.get(idx);
-      if (c) c.copy(out, done, within, within + n);
+      fn(idx, within, n, done);
       done += n;
     }
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    const out = Buffer.alloc(length);
+    this.#pieces(offset, length, (idx, within, n, done) => this.#chunks.get(idx)?.copy(out, done, within, within + n));
     return out;
   }
 
   async write(offset: number, data: Buffer): Promise<void> {
-    let done = 0;
-    while (done < data.length) {
-      const pos = offset + done;
-      const idx = Math.floor(pos / this.#chunkSize);
-      const within = pos - idx * this.#chunkSize;
-      const n = Math.min(this.#chunkSize - within, data.length - done);
+    this.#pieces(offset, data.length, (idx, within, n, done) => {
       let c = this.#chunks.get(idx);
       if (!c) {
         c = Buffer.alloc(this.#chunkSize);
         this.#chunks.set(idx, c);
       }
       data.copy(c, within, done, done + n);
-      done += n;
-    }
+    });
   }
 
   async flush(): Promise<void> {}
@@ -84,15 +82,9 @@ export class MemoryBlockDevice implements BlockDevice {
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
-    let done = 0;
-    while (done < length) {
-      const pos = offset + done;
-      const idx = Math.floor(pos / this.#chunkSize);
-      const within = pos - idx * this.#chunkSize;
-      const n = Math.min(this.#chunkSize - within, length - done);
+    this.#pieces(offset, length, (idx, within, n) => {
       if (within === 0 && n === this.#chunkSize) this.#chunks.delete(idx);
       else this.#chunks.get(idx)?.fill(0, within, within + n);
-      done += n;
-    }
+    });
   }
 }

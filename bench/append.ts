@@ -14,7 +14,7 @@
  */
 import { join } from 'node:path';
 import { Tlog, initDataDir } from '../tlog/index.ts';
-import type { EventInput, ExpectedVersion } from '../tlog/index.ts';
+import type { EventInput } from '../tlog/index.ts';
 import {
   FIO_MISSING,
   MB,
@@ -37,6 +37,7 @@ import {
   type BenchArgs,
   type FioResult,
   type LoopResult,
+  zosStreamAppender,
 } from './lib.ts';
 import { GroupCommitter, SqliteEventStore, type SqliteAppend } from './sqlite-store.ts';
 
@@ -317,27 +318,12 @@ async function zosContender(o: { batch: number; concurrency: number; args: Bench
   initDataDir(dir);
   const log = await Tlog.open({ dataDir: dir });
   const meter = new Meter();
-  const versions: Array<bigint | null> = Array.from({ length: o.concurrency }, () => null);
   let k = 0;
-  // Every entry of one group commit shares its commit time, and a group's
-  // appends resolve together: counting changes counts commits.
-  let appends = 0;
-  let commits = 0;
-  let lastCommit = -1n;
-  const op = async (w: number): Promise<number> => {
+  const { op, appendsPerCommit } = zosStreamAppender(log, o.concurrency, () => {
     const events: EventInput[] = new Array(o.batch);
     for (let i = 0; i < o.batch; i++) events[i] = { type: 'BenchEvent', data: o.data(k++) };
-    const v = versions[w] ?? null;
-    const expectedVersion: ExpectedVersion = v === null ? 'no-stream' : v;
-    const r = await log.appendToStream(`bench-${w}`, events, { expectedVersion });
-    versions[w] = r.nextExpectedVersion;
-    appends++;
-    if (r.commitTimeNs !== lastCommit) {
-      commits++;
-      lastCommit = r.commitTimeNs;
-    }
-    return o.batch;
-  };
+    return events;
+  });
   return {
     name: 'zos',
     async window(seconds, warmupSeconds) {
@@ -347,7 +333,7 @@ async function zosContender(o: { batch: number; concurrency: number; args: Bench
       try {
         const st = await log.stats();
         if (st.events !== BigInt(meter.totalUnits)) throw new Error(`zos holds ${st.events} events, the benchmark appended ${meter.totalUnits}`);
-        return { ...meter.result(), bytesPerEvent: st.bytes / Math.max(1, meter.totalUnits), appendsPerCommit: commits > 0 ? appends / commits : null };
+        return { ...meter.result(), bytesPerEvent: st.bytes / Math.max(1, meter.totalUnits), appendsPerCommit: appendsPerCommit() };
       } finally {
         await log.close();
         removeTempDir(dir);

@@ -37,7 +37,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import kafkajs from 'kafkajs';
 import { Tlog, initDataDir, nowNs } from '../tlog/index.ts';
-import type { EventInput, ExpectedVersion } from '../tlog/index.ts';
+import type { EventInput } from '../tlog/index.ts';
 import { encodeEntryBody } from '../tlog/record.ts';
 import { KAFKA_VERSION, checkKafkaPrerequisites, runProducerPerf, startBroker, type Broker, type ProducerPerfResult } from '../infra/kafka/index.ts';
 import {
@@ -56,6 +56,7 @@ import {
   writeResult,
   type BenchArgs,
   type LoopResult,
+  zosStreamAppender,
 } from './lib.ts';
 
 const RECORD_BYTES = 256;
@@ -291,26 +292,8 @@ async function zosRun(broker: Broker, args: BenchArgs, o: { batch: number; concu
     const log = await Tlog.open({ dataDir: dir, log: kafkaUrl(broker, prefix) });
     try {
       const batches = makeBatches(o.batch, o.sizes.dataChars, Math.max(16, o.concurrency * 2));
-      const versions: Array<bigint | null> = Array.from({ length: o.concurrency }, () => null);
       let k = 0;
-      let appends = 0;
-      let commits = 0;
-      let lastCommit = -1n;
-      // Each worker appends to its own stream with an expected-version check, as a real writer would.
-      const op = async (w: number): Promise<number> => {
-        const events = batches[k++ % batches.length]!;
-        const v = versions[w] ?? null;
-        const expectedVersion: ExpectedVersion = v === null ? 'no-stream' : v;
-        const r = await log.appendToStream(`bench-${w}`, events, { expectedVersion });
-        versions[w] = r.nextExpectedVersion;
-        appends++;
-        // A group commit's appends share its commit time and resolve together.
-        if (r.commitTimeNs !== lastCommit) {
-          commits++;
-          lastCommit = r.commitTimeNs;
-        }
-        return o.batch;
-      };
+      const { op, appendsPerCommit } = zosStreamAppender(log, o.concurrency, () => batches[k++ % batches.length]!);
       const meter = new Meter();
       // Broker CPU over the whole loop (warm-up included), normalised by the loop's wall time.
       const cpu0 = procCpuMs(broker.pid);
@@ -331,7 +314,7 @@ async function zosRun(broker: Broker, args: BenchArgs, o: { batch: number; concu
         eventsPerSec: result.unitsPerSec,
         mbPerSec: (result.unitsPerSec * o.sizes.envelopeBytes) / MB,
         payloadMBps: (result.unitsPerSec * o.sizes.payloadBytes) / MB,
-        appendsPerCommit: commits > 0 ? appends / commits : null,
+        appendsPerCommit: appendsPerCommit(),
         frameBytesPerEvent: st.bytes / Math.max(1, meter.totalUnits),
         brokerBytesPerEvent: brokerBytes === null ? null : brokerBytes / Math.max(1, meter.totalUnits),
         brokerCores: cpu0 === null || cpu1 === null ? null : (cpu1 - cpu0) / wallMs,

@@ -9,6 +9,7 @@ import { availableParallelism, cpus, loadavg, release, totalmem, tmpdir } from '
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
+import type { EventInput, ExpectedVersion, Tlog } from '../tlog/index.ts';
 
 const execFileP = promisify(execFile);
 
@@ -569,3 +570,35 @@ export function writeResult(name: string, args: Pick<BenchArgs, 'smoke' | 'resul
   process.stdout.write(`\nJSON ${json}\nwrote ${path}\n`);
   return path;
 }
+
+/**
+ * One appender per worker, each on its own stream `bench-W` with exact
+ * expected versions (as a real writer would), counting appends and group
+ * commits: every entry of one group commit shares its commit time and the
+ * group's appends resolve together, so counting commit-time changes counts commits.
+ */
+export function zosStreamAppender(
+  log: Tlog,
+  concurrency: number,
+  eventsFor: () => EventInput[],
+): { op: (w: number) => Promise<number>; appendsPerCommit: () => number | null } {
+  const versions: Array<bigint | null> = Array.from({ length: concurrency }, () => null);
+  let appends = 0;
+  let commits = 0;
+  let lastCommit = -1n;
+  const op = async (w: number): Promise<number> => {
+    const events = eventsFor();
+    const v = versions[w] ?? null;
+    const expectedVersion: ExpectedVersion = v === null ? 'no-stream' : v;
+    const r = await log.appendToStream(`bench-${w}`, events, { expectedVersion });
+    versions[w] = r.nextExpectedVersion;
+    appends++;
+    if (r.commitTimeNs !== lastCommit) {
+      commits++;
+      lastCommit = r.commitTimeNs;
+    }
+    return events.length;
+  };
+  return { op, appendsPerCommit: () => (commits > 0 ? appends / commits : null) };
+}
+

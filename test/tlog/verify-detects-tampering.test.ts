@@ -8,6 +8,7 @@
  * Layout: 20 single-event entries of one stream, so entry k holds position k.
  */
 import t from 'tap';
+import type * as Tap from 'tap';
 import fc from 'fast-check';
 import { cpSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -234,6 +235,18 @@ for (const c of cases) {
   }
 }
 
+/** Open read-only after damage to a multi-segment log: verify must fail at `position`, reads return nothing altered. */
+async function expectVerifyFailsAt(t: Tap.Test, dir: string, position: bigint, appended: RecordedEvent[]): Promise<void> {
+  const o = await inspectReadOnly(dir);
+  if (!o.report) {
+    t.fail(`Tlog.open({ readOnly: true }) threw, so verify() could not run: ${describe(o.openError)}`);
+    return;
+  }
+  t.equal(o.report.ok, false, 'verify fails');
+  t.equal(o.report.problem?.position, position, `problem names position ${position}: ${show(o.report.problem)}`);
+  t.same(altered(o.read, appended), [], UNALTERED);
+}
+
 t.test('a whole middle segment deleted: verify names its first position', async (t) => {
   const dir = join(tempDir(t), 'data');
   const appended = await buildLog(dir, appends, { segmentMaxBytes: 1024 });
@@ -243,14 +256,7 @@ t.test('a whole middle segment deleted: verify names its first position', async 
   const base = BigInt(victim.slice(-24, -4));
   rmSync(victim);
   rmSync(join(dir, 'index', 'entries.idx'));
-  const o = await inspectReadOnly(dir);
-  if (!o.report) {
-    t.fail(`Tlog.open({ readOnly: true }) threw, so verify() could not run: ${describe(o.openError)}`);
-    return;
-  }
-  t.equal(o.report.ok, false, 'verify fails');
-  t.equal(o.report.problem?.position, base, `problem names position ${base}: ${show(o.report.problem)}`);
-  t.same(altered(o.read, appended), [], UNALTERED);
+  await expectVerifyFailsAt(t, dir, base, appended);
 });
 
 t.test('two segment files swapped by renaming: verify fails at the first swapped one', async (t) => {
@@ -263,14 +269,7 @@ t.test('two segment files swapped by renaming: verify fails at the first swapped
   renameSync(`${a}.tmp`, b);
   const expected = BigInt(a.slice(-24, -4));
   rmSync(join(dir, 'index', 'entries.idx'));
-  const o = await inspectReadOnly(dir);
-  if (!o.report) {
-    t.fail(`Tlog.open({ readOnly: true }) threw, so verify() could not run: ${describe(o.openError)}`);
-    return;
-  }
-  t.equal(o.report.ok, false, 'verify fails');
-  t.equal(o.report.problem?.position, expected, `problem names position ${expected}: ${show(o.report.problem)}`);
-  t.same(altered(o.read, appended), [], UNALTERED);
+  await expectVerifyFailsAt(t, dir, expected, appended);
 });
 
 // ------------------------------------------------------------ the index is a cache

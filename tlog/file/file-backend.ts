@@ -255,11 +255,7 @@ export class FileBackend implements LogBackend {
       }
       for (const r of rows) this.#table.push(r);
       this.#indexedCount = rows.length;
-      for (let s = 0; s < this.#segments.length; s++) {
-        // Segment sizes are settled by #catchUp; mark fully indexed segments.
-        const seg = this.#segments[s]!;
-        seg.size = 0;
-      }
+      // Segments start at size 0 (unscanned, settled by #catchUp); mark the indexed ones.
       if (rows.length > 0) {
         const last = rows[rows.length - 1]!;
         for (let s = 0; s < last.segment; s++) this.#segments[s]!.size = -1; // sealed, size resolved lazily

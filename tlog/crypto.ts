@@ -7,7 +7,8 @@
  *     ├─ kdf(2, "zos-chan") → chain key  : chain_n   = BLAKE2b-256(chainKey, header_n ‖ tag_n)
  *     ├─ kdf(3, "zos-strm") → stream root: entryKey  = BLAKE2b-256(streamRoot, streamKey)  (per stream)
  *     ├─ kdf(4, "zos-audt") → audit key  : term hashes in the audit index
- *     └─ kdf(5, "zos-kid_") → key id     : first 16 bytes, stored in headers to detect a wrong key
+ *     ├─ kdf(5, "zos-kid_") → key id     : first 16 bytes, stored in headers to detect a wrong key
+ *     └─ kdf(6, "zos-view") → view root  : viewKey(label) = BLAKE2b-256(viewRoot, label) (projection files at rest)
  *
  * Entries are sealed with XChaCha20-Poly1305 under the stream's key with a fresh
  * random 24-byte nonce per entry (never a counter, never fixed).
@@ -59,6 +60,7 @@ export class KeyRing {
   readonly #chainKey: Buffer;
   readonly #streamRoot: Buffer;
   readonly #auditKey: Buffer;
+  readonly #viewRoot: Buffer;
   readonly #streamKeys = new Map<string, Buffer>();
   readonly #entryKeys = new Map<string, Buffer>();
 
@@ -69,6 +71,12 @@ export class KeyRing {
     this.#streamRoot = derive(master, 3, 'zos-strm');
     this.#auditKey = derive(master, 4, 'zos-audt');
     this.keyId = derive(master, 5, 'zos-kid_').subarray(0, KEY_ID_BYTES);
+    this.#viewRoot = derive(master, 6, 'zos-view');
+  }
+
+  /** A key for a projection's files at rest, one per label (e.g. "vdisk\0web1"). */
+  viewKey(label: string): Buffer {
+    return hash32(Buffer.from(label, 'utf8'), this.#viewRoot);
   }
 
   /** Keyed hash of a stream name: what the log stores instead of the name. */

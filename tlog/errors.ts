@@ -28,6 +28,12 @@ export const ERROR_CODES = {
   TLOG_BACKEND_UNAVAILABLE: 'the log backend (Kafka) cannot be reached',
   TLOG_FENCED: 'another writer took over the log',
   TLOG_UNSUPPORTED_FORMAT: 'a file has an unsupported format version',
+  VDISK_NOT_FOUND: 'no vdisk has that name',
+  VDISK_EXISTS: 'a vdisk with that name already exists',
+  VDISK_INVALID: 'a vdisk argument is invalid',
+  VDISK_BUSY: 'the vdisks are served by another process',
+  VDISK_VIEW_CORRUPT: 'a vdisk block store (a cache) is damaged',
+  VDISK_FAILED: 'a vdisk stopped accepting writes after a log failure',
   CLI_USAGE: 'the command line is invalid',
 } as const;
 

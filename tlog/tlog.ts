@@ -250,6 +250,11 @@ export class Tlog {
     return this.#keys.keyId;
   }
 
+  /** A 32-byte key for one projection's files at rest (derived from the master key; never log it). */
+  viewKey(label: string): Buffer {
+    return this.#keys.viewKey(label);
+  }
+
   /** Keyed 16-byte hash of an audit term (never the term itself). */
   auditTerm(kind: string, term: string): Buffer {
     return this.#keys.auditTerm(kind, term);

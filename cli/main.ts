@@ -2,7 +2,6 @@
  * zos — the command line. Human output by default, --json for machines.
  * Exit codes: 0 success, 2 usage error, 3 expected-version conflict, 1 anything else.
  */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { readFileSync } from 'node:fs';
@@ -10,6 +9,8 @@ import { Tlog, ZosError, initDataDir, isZosError, readDataDirMeta, type Expected
 import { AuditIndex } from '../projections/index.ts';
 import { eventJson, eventLine, humanBytes, makeOut, type Out } from './output.ts';
 import { formatTime, parseTime } from './time.ts';
+import { cmdVdisk } from './vdisk.ts';
+import { UsageError, openLog, parseBig, parseCommand, parseCount, str, type Globals, type Opts } from './args.ts';
 
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, CONFLICT: 3 } as const;
 
@@ -27,6 +28,8 @@ Commands:
   log repair [--corrupt-tail]  cut a torn (or, with the flag, corrupt) tail, then verify
   audit                        who did what to which stream, when
   schema register TYPE         register an Avro schema for an event type
+  vdisk ...                    virtual disks over NBD, every write in the log,
+                               rollback to any point (zos vdisk --help)
 
 Global options:
   --data-dir DIR   data directory (env ZOS_DATA_DIR; default ${defaultDataDir()})
@@ -90,49 +93,8 @@ export function defaultDataDir(): string {
   return join(xdg && xdg.length > 0 ? xdg : join(homedir(), '.local', 'share'), 'zos');
 }
 
-class UsageError extends ZosError {
-  constructor(message: string) {
-    super('CLI_USAGE', message);
-  }
-}
-
-interface Globals {
-  dataDir: string;
-  log: string | undefined;
-  keyFile: string | undefined;
-  json: boolean;
-}
-
-type Opts = NonNullable<ParseArgsConfig['options']>;
-
 function parse(args: string[], options: Opts, command: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
-  try {
-    const r = parseArgs({
-      args,
-      options: { ...options, help: { type: 'boolean', short: 'h' }, json: { type: 'boolean' } },
-      allowPositionals: true,
-      strict: true,
-    });
-    return { values: r.values as Record<string, string | boolean | undefined>, positionals: r.positionals };
-  } catch (err) {
-    throw new UsageError(`${(err as Error).message.split('\n')[0]}\n\n${HELP[command] ?? GLOBAL_HELP}`);
-  }
-}
-
-function str(v: string | boolean | undefined): string | undefined {
-  return typeof v === 'string' ? v : undefined;
-}
-
-function parseCount(v: string | undefined, flag: string): number | undefined {
-  if (v === undefined) return undefined;
-  if (!/^\d+$/.test(v)) throw new UsageError(`${flag} takes a whole number (got "${v}")`);
-  return Number(v);
-}
-
-function parseBig(v: string | undefined, flag: string): bigint | undefined {
-  if (v === undefined) return undefined;
-  if (!/^\d+$/.test(v)) throw new UsageError(`${flag} takes a whole number (got "${v}")`);
-  return BigInt(v);
+  return parseCommand(args, options, HELP[command] ?? GLOBAL_HELP);
 }
 
 function parseExpected(v: string | undefined): ExpectedVersion | undefined {
@@ -140,16 +102,6 @@ function parseExpected(v: string | undefined): ExpectedVersion | undefined {
   if (v === 'any' || v === 'no-stream' || v === 'exists') return v;
   if (/^\d+$/.test(v)) return BigInt(v);
   throw new UsageError(`--expect-version takes any, no-stream, exists or a version number (got "${v}")`);
-}
-
-async function openLog(g: Globals, out: Out, readOnly: boolean): Promise<Tlog> {
-  return Tlog.open({
-    dataDir: g.dataDir,
-    readOnly,
-    ...(g.keyFile === undefined ? {} : { keyFile: g.keyFile }),
-    ...(g.log === undefined ? {} : { log: g.log }),
-    onWarning: (m) => out.warn(m),
-  });
 }
 
 async function withLog<T>(g: Globals, out: Out, readOnly: boolean, fn: (log: Tlog) => Promise<T>): Promise<T> {
@@ -496,6 +448,8 @@ export async function main(argv: string[], out?: Out): Promise<number> {
     }
     case 'audit':
       return cmdAudit(globals, o, sub === undefined ? [] : [sub, ...args]);
+    case 'vdisk':
+      return cmdVdisk(globals, o, sub, args);
     case 'schema':
       if (sub === 'register') return cmdSchemaRegister(globals, o, args);
       throw new UsageError(`unknown command "schema ${sub ?? ''}"; did you mean zos schema register?`);
@@ -505,7 +459,7 @@ export async function main(argv: string[], out?: Out): Promise<number> {
 }
 
 export function exitCodeFor(err: unknown): number {
-  if (isZosError(err, 'CLI_USAGE')) return EXIT.USAGE;
+  if (isZosError(err, 'CLI_USAGE') || isZosError(err, 'VDISK_INVALID')) return EXIT.USAGE;
   if (isZosError(err, 'TLOG_VERSION_CONFLICT')) return EXIT.CONFLICT;
   return EXIT.ERROR;
 }

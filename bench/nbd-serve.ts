@@ -1,9 +1,16 @@
 /**
  * Our NBD server on its own, for bench/nbd.ts: one export of a
- * MemoryBlockDevice (or, with --file, a raw file) in a process of its own,
- * so that the benchmark driver and fio's load do not share its event loop.
+ * MemoryBlockDevice (or, with --file, a raw file; with --vdisk, a zos vdisk
+ * whose every write goes to the tlog) in a process of its own, so that the
+ * benchmark driver and fio's load do not share its event loop.
  *
- *   node bench/nbd-serve.ts --size BYTES [--name NAME] [--file PATH] [--port 0]
+ *   node bench/nbd-serve.ts --size BYTES [--name NAME] [--file PATH | --vdisk DATADIR] [--port 0]
+ *
+ * --vdisk DATADIR: initialise a zos data directory there (file log, fresh
+ * key), open a VdiskManager on it, create vdisk NAME of --size bytes (block
+ * size 4096) and serve the manager as the export provider, exactly as
+ * `zos vdisk serve` wires it (scratch wiring: Tlog.open → VdiskManager.open →
+ * create → new NbdServer({ exports: manager })).
  *
  * Once listening it prints one JSON line, {"port":N,"pid":P}. Then, for each
  * line "stats" on stdin, it prints one JSON line of memory figures and
@@ -12,7 +19,9 @@
  */
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { MemoryBlockDevice, NbdServer, type BlockDevice } from '../nbd/index.ts';
+import { MemoryBlockDevice, NbdServer, type BlockDevice, type ExportProvider } from '../nbd/index.ts';
+import { Tlog, initDataDir } from '../tlog/index.ts';
+import { VdiskManager } from '../vdisk/index.ts';
 import { FileBlockDevice } from './file-block-device.ts';
 
 const { values } = parseArgs({
@@ -20,6 +29,7 @@ const { values } = parseArgs({
     size: { type: 'string' },
     name: { type: 'string', default: 'bench' },
     file: { type: 'string' },
+    vdisk: { type: 'string' },
     port: { type: 'string', default: '0' },
     host: { type: 'string', default: '127.0.0.1' },
   },
@@ -31,35 +41,72 @@ if (!Number.isSafeInteger(size) || size <= 0) {
   process.exit(2);
 }
 const name = values.name;
-const dev: BlockDevice = values.file ? await FileBlockDevice.open(values.file, { size }) : new MemoryBlockDevice(size);
+if (values.file && values.vdisk) {
+  process.stderr.write('nbd-serve: --file and --vdisk exclude each other\n');
+  process.exit(2);
+}
 
 let errors = 0;
+let warnings = 0;
 let opened = 0;
-const server = new NbdServer({
-  exports: {
+let dev: BlockDevice | null = null;
+let log: Tlog | null = null;
+let manager: VdiskManager | null = null;
+let exportsOf: ExportProvider;
+if (values.vdisk) {
+  initDataDir(values.vdisk);
+  log = await Tlog.open({ dataDir: values.vdisk });
+  manager = await VdiskManager.open(log, {
+    onWarning: (w) => {
+      warnings++;
+      if (warnings <= 20) process.stderr.write(`nbd-serve: vdisk warning: ${w}\n`);
+    },
+  });
+  await manager.create(name, size);
+  const m = manager;
+  exportsOf = {
+    list: () => m.list(),
+    open: async (n) => {
+      const vd = await m.open(n);
+      if (vd) opened++;
+      return vd;
+    },
+  };
+} else {
+  const d: BlockDevice = values.file ? await FileBlockDevice.open(values.file, { size }) : new MemoryBlockDevice(size);
+  dev = d;
+  exportsOf = {
     list: () => [{ name }],
     open: (n) => {
       if (n !== name) return null;
       opened++;
-      return dev;
+      return d;
     },
-  },
+  };
+}
+
+const server = new NbdServer({
+  exports: exportsOf,
   onError: (err) => {
     errors++;
     if (errors <= 20) process.stderr.write(`nbd-serve: server error: ${(err as Error)?.stack ?? String(err)}\n`);
   },
 });
+if (manager) manager.onDisconnect = (n) => server.disconnectExport(n);
 const addr = await server.listen(Number(values.port), values.host);
-process.stdout.write(`${JSON.stringify({ port: addr.port, pid: process.pid, backend: values.file ? 'file' : 'memory' })}\n`);
+process.stdout.write(`${JSON.stringify({ port: addr.port, pid: process.pid, backend: values.vdisk ? 'vdisk' : values.file ? 'file' : 'memory' })}\n`);
 
 let closing = false;
 const shutdown = async (code: number): Promise<void> => {
   if (closing) return;
   closing = true;
-  const force = setTimeout(() => process.exit(code), 2000);
+  // A vdisk makes its writes durable and checkpoints its view on close: give it longer.
+  const force = setTimeout(() => process.exit(code), manager ? 30_000 : 2000);
   force.unref();
   await server.close().catch(() => {});
   if (dev instanceof FileBlockDevice) await dev.close().catch(() => {});
+  if (manager) await manager.close().catch((e: unknown) => process.stderr.write(`nbd-serve: vdisk close: ${String(e)}\n`));
+  if (log) await log.close().catch(() => {});
   process.exit(code);
 };
 process.once('SIGTERM', () => void shutdown(0));
@@ -68,9 +115,21 @@ process.once('SIGINT', () => void shutdown(0));
 const lines = createInterface({ input: process.stdin });
 lines.on('line', (line) => {
   if (line.trim() !== 'stats') return;
-  const m = process.memoryUsage();
-  process.stdout.write(
-    `${JSON.stringify({ rss: m.rss, heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, connections: server.connections, opened, errors })}\n`,
-  );
+  void stats().then((s) => process.stdout.write(`${JSON.stringify(s, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`));
 });
+
+async function stats(): Promise<Record<string, unknown>> {
+  const m = process.memoryUsage();
+  const base = { rss: m.rss, heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, connections: server.connections, opened, errors, warnings };
+  if (!manager || !log) return base;
+  try {
+    // The view's counters as they are (no drain: that would wait for the writes in flight).
+    const vd = await manager.get(name);
+    const s = vd.store;
+    const logStats = await log.stats();
+    return { ...base, vdisk: { slots: s.slots, records: s.records, version: s.appliedVersion, position: s.appliedPosition, log: { entries: logStats.entries, events: logStats.events, bytes: logStats.bytes, segments: logStats.segments } } };
+  } catch (err) {
+    return { ...base, vdiskError: String(err) };
+  }
+}
 lines.on('close', () => void shutdown(0));

@@ -2,9 +2,15 @@
  * fio over NBD: our server next to qemu-nbd and nbdkit, in one run.
  *
  *   npx node bench/nbd.ts [--seconds 10] [--rounds 2] [--size 1073741824] [--smoke]
- *                         [--only zos-mem,zos-file,qemu-nbd,nbdkit] [--workloads randwrite-4k-qd1,...]
+ *                         [--only zos-vdisk,zos-mem,zos-file,qemu-nbd,nbdkit] [--workloads randwrite-4k-qd1,...]
  *
  * Contenders, each serving one export of --size bytes (1 GiB) on 127.0.0.1:
+ *  - zos-vdisk: a zos vdisk (vdisk/: every write becomes a VdiskBlocksWritten
+ *              event in the tlog, file backend, fdatasync before FLUSH/FUA
+ *              replies; blocks kept in the vdisk's block store view) served
+ *              by our NbdServer with the VdiskManager as export provider, in
+ *              a Node process of its own (bench/nbd-serve.ts --vdisk) on a
+ *              fresh data directory under the temp dir;
  *  - zos-mem:  our NbdServer on a MemoryBlockDevice, in a Node process of its
  *              own (bench/nbd-serve.ts), so fio's load does not share the
  *              driver's event loop;
@@ -13,6 +19,9 @@
  *  - qemu-nbd: `qemu-nbd -f raw --cache=writeback --aio=threads --persistent`
  *              on a raw file of the same size in the same directory;
  *  - nbdkit:   `nbdkit -f memory SIZE` (its sparse RAM allocator).
+ *
+ * Every server's RSS (/proc/PID/status VmRSS) is sampled every 200 ms while
+ * it serves; VmHWM (peak) is read after the fill and after each workload.
  *
  * Every device is first filled by fio (1 MiB sequential writes, QD8) so that
  * reads hit data. Then each workload runs with `fio --ioengine=nbd` for
@@ -29,7 +38,7 @@
  * (an error under CI).
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, ftruncateSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, ftruncateSync, readdirSync, statSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -62,9 +71,10 @@ const TARGET_RSS_MIB = 300;
 
 // ------------------------------------------------------------------ what runs
 
-const CONTENDERS = ['zos-mem', 'zos-file', 'qemu-nbd', 'nbdkit'] as const;
+const CONTENDERS = ['zos-vdisk', 'zos-mem', 'zos-file', 'qemu-nbd', 'nbdkit'] as const;
 type ContenderId = (typeof CONTENDERS)[number];
 const CONTENDER_LABEL: Record<ContenderId, string> = {
+  'zos-vdisk': 'zos vdisk (tlog, file backend)',
   'zos-mem': 'zos (memory)',
   'zos-file': 'zos (raw file)',
   'qemu-nbd': 'qemu-nbd (raw file, writeback)',
@@ -90,7 +100,7 @@ const WORKLOADS: Workload[] = [
 
 const args = parseBenchArgs({
   name: 'nbd',
-  description: 'fio over NBD: our server (memory and raw-file devices, own process) vs qemu-nbd (raw file, writeback) and nbdkit memory.',
+  description: 'fio over NBD: our server (zos vdisk on the tlog, memory and raw-file devices; own process) vs qemu-nbd (raw file, writeback) and nbdkit memory.',
   options: {
     rounds: { type: 'string', help: 'windows per contender and workload, --seconds split among them (default 2; smoke 1)' },
     ramp: { type: 'string', help: 'fio ramp seconds before each window, not measured (default 0.5; smoke none)' },
@@ -157,6 +167,8 @@ interface Server {
   stderr: () => string;
   /** Our servers only: process.memoryUsage() and counters. */
   stats?: () => Promise<ZosStats>;
+  /** zos-vdisk: its data directory (log + views). */
+  dataDir?: string;
   stop: () => Promise<void>;
 }
 
@@ -169,6 +181,10 @@ interface ZosStats {
   connections: number;
   opened: number;
   errors: number;
+  /** Vdisk warnings (e.g. a view rebuilt); vdisk servers only. */
+  warnings?: number;
+  vdisk?: { slots: number; records: number; version: string; position: string; log: { entries: number; events: string; bytes: number; segments: number } };
+  vdiskError?: string;
 }
 
 function freePort(): Promise<number> {
@@ -204,15 +220,15 @@ function keepTail(child: ChildProcess): () => string {
   return () => tail;
 }
 
-/** Stop a child: SIGTERM (or close its stdin), then SIGKILL after 3 s. */
-function stopChild(child: ChildProcess, gentle: () => void = () => child.kill('SIGTERM')): Promise<void> {
+/** Stop a child: SIGTERM (or close its stdin), then SIGKILL after `graceMs`. */
+function stopChild(child: ChildProcess, gentle: () => void = () => child.kill('SIGTERM'), graceMs = 3000): Promise<void> {
   return new Promise((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) {
       children.delete(child);
       resolve();
       return;
     }
-    const t = setTimeout(() => child.kill('SIGKILL'), 3000);
+    const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
     child.once('exit', () => {
       clearTimeout(t);
       children.delete(child);
@@ -255,8 +271,17 @@ async function startExternal(id: ContenderId, cmd: string, argv: (port: number) 
 }
 
 /** bench/nbd-serve.ts in its own Node process; resolves once it printed its port. */
-async function startZos(id: ContenderId, file: string | null): Promise<Server> {
-  const a = ['--disable-warning=ExperimentalWarning', join(BENCH_DIR, 'nbd-serve.ts'), '--size', String(deviceBytes), '--name', EXPORT, ...(file ? ['--file', file] : [])];
+async function startZos(id: ContenderId, backing: { file: string } | { vdisk: string } | null): Promise<Server> {
+  const a = [
+    '--disable-warning=ExperimentalWarning',
+    join(BENCH_DIR, 'nbd-serve.ts'),
+    '--size',
+    String(deviceBytes),
+    '--name',
+    EXPORT,
+    ...(backing && 'file' in backing ? ['--file', backing.file] : []),
+    ...(backing && 'vdisk' in backing ? ['--vdisk', backing.vdisk] : []),
+  ];
   const child = spawn(process.execPath, a, { stdio: ['pipe', 'pipe', 'pipe'] });
   children.add(child);
   const stderr = keepTail(child);
@@ -303,7 +328,9 @@ async function startZos(id: ContenderId, file: string | null): Promise<Server> {
       child.stdin!.write('stats\n');
       return JSON.parse(await nextLine(5000)) as ZosStats;
     },
-    stop: () => stopChild(child, () => child.stdin!.end()),
+    ...(backing && 'vdisk' in backing ? { dataDir: backing.vdisk } : {}),
+    // A vdisk drains its writes to the log and checkpoints its view on close.
+    stop: () => stopChild(child, () => child.stdin!.end(), backing && 'vdisk' in backing ? 30_000 : 3000),
   };
 }
 
@@ -326,6 +353,54 @@ function procMem(pid: number): { rss: number; hwm: number } | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * Samples every server's VmRSS every 200 ms: the peak seen since the last
+ * `take()`. VmHWM (the kernel's own peak) is read alongside by procMem.
+ */
+class RssSampler {
+  readonly #peak = new Map<number, number>();
+  readonly #timer: NodeJS.Timeout;
+  constructor(pids: number[]) {
+    const sample = (): void => {
+      for (const pid of pids) {
+        const m = procMem(pid);
+        if (m && Number.isFinite(m.rss)) this.#peak.set(pid, Math.max(this.#peak.get(pid) ?? 0, m.rss));
+      }
+    };
+    sample();
+    this.#timer = setInterval(sample, 200);
+    this.#timer.unref();
+  }
+  /** Peak VmRSS of `pid` since the last take (bytes), and restart. */
+  take(pid: number): number | null {
+    const m = procMem(pid);
+    const v = Math.max(this.#peak.get(pid) ?? 0, m?.rss ?? 0);
+    this.#peak.set(pid, 0);
+    return v > 0 ? v : null;
+  }
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+}
+
+/** Bytes of the files under `dir` (allocated size, like du), by top-level entry. */
+function duBytes(dir: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  const walk = (p: string): number => {
+    const st = statSync(p);
+    if (!st.isDirectory()) return st.blocks * 512;
+    let n = 0;
+    for (const e of readdirSync(p)) n += walk(join(p, e));
+    return n;
+  };
+  try {
+    for (const e of readdirSync(dir)) out[e] = walk(join(dir, e));
+  } catch {
+    /* gone */
+  }
+  return out;
 }
 
 async function toolVersion(cmd: string, flag: string): Promise<string | null> {
@@ -500,13 +575,24 @@ const rawFile = (name: string): string => {
 
 const results: Partial<Record<ContenderId, Record<string, Cell_>>> = {};
 const fill: Partial<Record<ContenderId, { mbPerSec: number; seconds: number }>> = {};
-const memory: Partial<Record<ContenderId, { afterFill: { rss: number; hwm: number } | null; end: { rss: number; hwm: number } | null; zos?: ZosStats }>> = {};
+interface MemoryFigures {
+  afterFill: { rss: number; hwm: number } | null;
+  end: { rss: number; hwm: number } | null;
+  /** Peak VmRSS sampled every 200 ms, per phase ('fill', then each workload id), and VmHWM after it; bytes. */
+  phases: Record<string, { peakRss: number | null; hwm: number | null }>;
+  zos?: ZosStats;
+}
+const memory: Partial<Record<ContenderId, MemoryFigures>> = {};
+/** zos-vdisk: bytes on disk (log, views) after the fill and at the end. */
+const vdiskDisk: { afterFill?: Record<string, number>; end?: Record<string, number> } = {};
+let sampler: RssSampler | null = null;
 const t0 = nowMs();
 try {
   for (const id of wanted) {
     try {
-      if (id === 'zos-mem') servers.push(await startZos(id, null));
-      else if (id === 'zos-file') servers.push(await startZos(id, rawFile('zos.raw')));
+      if (id === 'zos-vdisk') servers.push(await startZos(id, { vdisk: join(tmp, 'vdisk-data') }));
+      else if (id === 'zos-mem') servers.push(await startZos(id, null));
+      else if (id === 'zos-file') servers.push(await startZos(id, { file: rawFile('zos.raw') }));
       else if (id === 'qemu-nbd') {
         if (versions.qemuNbd === null) throw new Error('qemu-nbd not found: apt-get install qemu-utils');
         const file = rawFile('qemu.raw');
@@ -528,11 +614,19 @@ try {
       `nbd: device ${fmtNum(deviceBytes / MiB)} MiB; ${workloads.length} workloads × ${servers.length} contenders × ${rounds} window(s) of ${windowSeconds} s${rampRaw > 0 ? ` (+${rampRaw} s ramp)` : ''}\n`,
   );
 
-  // Fill every device so reads hit data (and the files are allocated).
+  sampler = new RssSampler(servers.map((s) => s.pid));
+  const phaseDone = (s: Server, phase: string): void => {
+    const m = (memory[s.id] ??= { afterFill: null, end: null, phases: {} });
+    m.phases[phase] = { peakRss: sampler!.take(s.pid), hwm: procMem(s.pid)?.hwm ?? null };
+  };
+
+  // Fill every device so reads hit data (and the files are allocated; every vdisk block is in its log and view).
   for (const s of servers) {
     const w = await fio(s, { rw: 'write', bs: MiB, qd: 8 }, { seconds: null, ramp: 0, name: 'fill' });
     fill[s.id] = { mbPerSec: w.bytesPerSec / MB, seconds: w.runtimeMs / 1000 };
-    memory[s.id] = { afterFill: procMem(s.pid), end: null };
+    memory[s.id] = { afterFill: procMem(s.pid), end: null, phases: {} };
+    phaseDone(s, 'fill');
+    if (s.dataDir) vdiskDisk.afterFill = duBytes(s.dataDir);
     process.stdout.write(`  fill ${s.id}: ${fmtNum(w.bytesPerSec / MB)} MB/s in ${(w.runtimeMs / 1000).toFixed(1)} s\n`);
   }
 
@@ -547,6 +641,7 @@ try {
     }
     const line: string[] = [];
     for (const s of servers) {
+      phaseDone(s, wl.id);
       const c = combine(windows.get(s.id)!);
       (results[s.id] ??= {})[wl.id] = c;
       line.push(`${s.id} ${fmtNum(c.iops)} IOPS ${fmtNum(c.mbPerSec)} MB/s`);
@@ -555,11 +650,13 @@ try {
   }
 
   for (const s of servers) {
-    const m = (memory[s.id] ??= { afterFill: null, end: null });
+    const m = (memory[s.id] ??= { afterFill: null, end: null, phases: {} });
     m.end = procMem(s.pid);
     if (s.stats) m.zos = await s.stats();
+    if (s.dataDir) vdiskDisk.end = duBytes(s.dataDir);
   }
 } finally {
+  sampler?.stop();
   await Promise.all(servers.map((s) => s.stop()));
   removeTempDir(tmp);
 }
@@ -589,6 +686,8 @@ interface RatioRow {
   workload: string;
   kind: Workload['kind'];
   target: number;
+  vdiskVsQemu: number | null;
+  vdiskVsNbdkit: number | null;
   memVsQemu: number | null;
   memVsNbdkit: number | null;
   fileVsQemu: number | null;
@@ -600,6 +699,8 @@ const ratioRows: RatioRow[] = workloads.map((wl) => {
     workload: wl.id,
     kind: wl.kind,
     target: wl.kind === 'random' ? TARGET_RANDOM : TARGET_SEQ,
+    vdiskVsQemu: r('zos-vdisk', 'qemu-nbd'),
+    vdiskVsNbdkit: r('zos-vdisk', 'nbdkit'),
     memVsQemu: r('zos-mem', 'qemu-nbd'),
     memVsNbdkit: r('zos-mem', 'nbdkit'),
     fileVsQemu: r('zos-file', 'qemu-nbd'),
@@ -608,36 +709,60 @@ const ratioRows: RatioRow[] = workloads.map((wl) => {
 });
 const status = (x: number | null, target: number): string => (x === null ? '—' : x >= target ? 'met' : 'not met');
 printTable(
-  'Ratios of IOPS (= ratios of MB/s); targets are for the later vdisk-backed server, vs qemu-nbd',
-  ['workload', 'zos mem / qemu-nbd', 'zos mem / nbdkit', 'zos file / qemu-nbd', 'zos file / nbdkit', 'target', 'mem', 'file'],
+  'Ratios of IOPS (= ratios of MB/s); the targets are for the vdisk, vs qemu-nbd (the bare server on memory / a raw file for comparison)',
+  ['workload', 'vdisk / qemu-nbd', 'vdisk / nbdkit', 'zos mem / qemu-nbd', 'zos file / qemu-nbd', 'zos mem / nbdkit', 'zos file / nbdkit', 'target', 'vdisk'],
   ratioRows.map((r, i) => [
     workloads[i]!.label,
+    fmtRatio(r.vdiskVsQemu),
+    fmtRatio(r.vdiskVsNbdkit),
     fmtRatio(r.memVsQemu),
-    fmtRatio(r.memVsNbdkit),
     fmtRatio(r.fileVsQemu),
+    fmtRatio(r.memVsNbdkit),
     fmtRatio(r.fileVsNbdkit),
     `≥ ${r.target.toFixed(1)}×`,
-    status(r.memVsQemu, r.target),
-    status(r.fileVsQemu, r.target),
+    status(r.vdiskVsQemu, r.target),
   ]),
 );
 
 const mib = (b: number | null | undefined): number | null => (b === null || b === undefined || !Number.isFinite(b) ? null : b / MiB);
+const sampledPeak = (id: ContenderId): number | null => {
+  const ps = Object.values(memory[id]?.phases ?? {})
+    .map((p) => p.peakRss)
+    .filter((x): x is number => x !== null);
+  return ps.length ? Math.max(...ps) : null;
+};
 printTable(
-  `Server memory (MiB): after the fill and at the end; target for ours ≤ ${TARGET_RSS_MIB} MiB serving a 1 GiB device`,
-  ['server', 'RSS after fill', 'RSS at end', 'peak RSS (VmHWM)', 'JS heap used', 'Buffers (arrayBuffers)', 'server errors'],
+  `Server memory (MiB): after the fill and at the end; target for the vdisk server ≤ ${TARGET_RSS_MIB} MiB serving a ${fmtNum(deviceBytes / MiB)} MiB vdisk (the issue: 1 GiB)`,
+  ['server', 'RSS after fill', 'RSS at end', 'peak RSS (VmHWM)', 'peak RSS sampled', 'JS heap used', 'Buffers (arrayBuffers)', 'server errors'],
   present.map((id) => {
     const m = memory[id];
-    return [CONTENDER_LABEL[id], mib(m?.afterFill?.rss), mib(m?.end?.rss), mib(m?.end?.hwm), mib(m?.zos?.heapUsed), mib(m?.zos?.arrayBuffers), m?.zos?.errors ?? null];
+    return [CONTENDER_LABEL[id], mib(m?.afterFill?.rss), mib(m?.end?.rss), mib(m?.end?.hwm), mib(sampledPeak(id)), mib(m?.zos?.heapUsed), mib(m?.zos?.arrayBuffers), m?.zos?.errors ?? null];
   }),
 );
+const phases = ['fill', ...workloads.map((w) => w.id)];
+printTable(
+  'Peak RSS per phase (MiB; VmRSS sampled every 200 ms during the fill and during each workload\'s windows)',
+  ['phase', ...present],
+  phases.map((ph) => [ph, ...present.map((id) => mib(memory[id]?.phases[ph]?.peakRss))]),
+);
+const vdiskRss = mib(memory['zos-vdisk']?.end?.hwm);
 const fileRss = mib(memory['zos-file']?.end?.hwm);
 const memRss = mib(memory['zos-mem']?.end?.rss);
 const memData = mib(memory['zos-mem']?.zos?.arrayBuffers);
+const within = (x: number | null): string => (x === null ? '—' : x <= TARGET_RSS_MIB ? 'within' : 'OVER');
 process.stdout.write(
-  `\nRSS: zos (raw file) peak ${fileRss === null ? '—' : fmtNum(fileRss)} MiB → ${fileRss === null ? '—' : fileRss <= TARGET_RSS_MIB ? 'within' : 'OVER'} ${TARGET_RSS_MIB} MiB; ` +
+  `\nRSS: zos vdisk peak ${vdiskRss === null ? '—' : fmtNum(vdiskRss)} MiB → ${within(vdiskRss)} ${TARGET_RSS_MIB} MiB; ` +
+    `zos (raw file) peak ${fileRss === null ? '—' : fmtNum(fileRss)} MiB; ` +
     `zos (memory) ${memRss === null ? '—' : fmtNum(memRss)} MiB, of which ${memData === null ? '—' : fmtNum(memData)} MiB are the device's own Buffers\n`,
 );
+const vz = memory['zos-vdisk']?.zos?.vdisk;
+if (vz || vdiskDisk.end) {
+  const gib = (b: number | undefined): string => (b === undefined ? '—' : `${(b / 2 ** 30).toFixed(2)} GiB`);
+  process.stdout.write(
+    `vdisk at the end: ${vz ? `${fmtNum(vz.log.entries)} log entries, ${fmtNum(Number(vz.log.events))} events, ${fmtNum(vz.slots)} block versions in the view, ${fmtNum(vz.records)} history records; ` : ''}` +
+      `on disk after the fill: log ${gib(vdiskDisk.afterFill?.log)}, views ${gib(vdiskDisk.afterFill?.views)}; at the end: log ${gib(vdiskDisk.end?.log)}, views ${gib(vdiskDisk.end?.views)}\n`,
+  );
+}
 for (const [id, why] of Object.entries(skippedContenders)) process.stdout.write(`skipped ${id}: ${why}\n`);
 const errors = present.map((id) => memory[id]?.zos?.errors ?? 0).reduce((a, b) => a + b, 0);
 for (const s of servers) {
@@ -662,6 +787,7 @@ writeResult('nbd', args, {
     export: EXPORT,
     workloads,
     fioOptions: '--ioengine=nbd --randrepeat=0 --norandommap --time_based; fill: --rw=write --bs=1M --iodepth=8 over the whole device',
+    rssSampleMs: 200,
   },
   contenders: servers.map((s) => ({ id: s.id, label: s.label, command: s.command.join(' ') })),
   skippedContenders,
@@ -669,13 +795,17 @@ writeResult('nbd', args, {
   results,
   ratios: ratioRows,
   memory,
+  vdiskDisk,
   targets: {
     randomVsQemu: TARGET_RANDOM,
     seqVsQemu: TARGET_SEQ,
     rssMiB: TARGET_RSS_MIB,
+    rssVdiskPeakMiB: vdiskRss,
+    rssVdiskSampledPeakMiB: mib(sampledPeak('zos-vdisk')),
     rssFilePeakMiB: fileRss,
     rssMemEndMiB: memRss,
-    rssMet: fileRss === null ? null : fileRss <= TARGET_RSS_MIB,
+    rssMet: vdiskRss === null ? null : vdiskRss <= TARGET_RSS_MIB,
+    rssFileMet: fileRss === null ? null : fileRss <= TARGET_RSS_MIB,
   },
   serverErrors: errors,
   totalSeconds,

@@ -146,6 +146,10 @@ export class Vdisk implements BlockDevice {
         store = null;
       }
     }
+    if (!store && opts.upTo === undefined) {
+      // A deleted vdisk has no view: one backward read instead of replaying its whole stream.
+      for await (const last of log.readStream(stream, { direction: 'backward', maxCount: 1 })) if (last.type === 'VdiskDeleted') return null;
+    }
     let from = store ? store.appliedVersion + 1n : (opts.fromVersion ?? 0n);
     let deleted = false;
     const total = Number(head - from + 1n);

@@ -55,6 +55,11 @@ class Closed extends Error {}
 
 /** Replies queued on a socket beyond this make the server stop reading requests. */
 const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
+/** Write payloads handed to the device and not yet answered, per connection, beyond which we stop reading. */
+const MAX_WRITE_BYTES_IN_FLIGHT = 16 * 1024 * 1024;
+/** Bytes read from a socket and not yet consumed; a request that needs more resumes reading. */
+const PAUSE_READING_AT = 8 * 1024 * 1024;
+const RESUME_READING_BELOW = 4 * 1024 * 1024;
 
 /** Reads exact byte counts from a socket, with backpressure. */
 class SocketReader {
@@ -69,7 +74,7 @@ class SocketReader {
     socket.on('data', (d: Buffer) => {
       this.#chunks.push(d);
       this.#length += d.length;
-      if (this.#length > 96 * 1024 * 1024) socket.pause();
+      if (this.#length > PAUSE_READING_AT) socket.pause();
       this.#wake();
     });
     const end = (): void => {
@@ -101,7 +106,7 @@ class SocketReader {
       }
     }
     this.#length -= n;
-    if (this.#length < 32 * 1024 * 1024 && this.#socket.isPaused()) this.#socket.resume();
+    if (this.#length < RESUME_READING_BELOW && this.#socket.isPaused()) this.#socket.resume();
     return out;
   }
 
@@ -329,6 +334,7 @@ export class NbdServer {
     };
 
     let readBytesInFlight = 0;
+    let writeBytesInFlight = 0;
     const KNOWN_FLAGS = CMD_FLAG.FUA | CMD_FLAG.NO_HOLE | CMD_FLAG.DF | CMD_FLAG.REQ_ONE | CMD_FLAG.FAST_ZERO;
     for (;;) {
       while (inFlight.size >= this.#opts.maxInFlight) await Promise.race(inFlight);
@@ -372,12 +378,21 @@ export class NbdServer {
           replyError(r.cookie, NBD_ERR.EINVAL, `write of ${r.length} bytes exceeds the ${maxPayload}-byte maximum`);
           continue;
         }
+        // A device that is slow to take writes must not make us hold unbounded payloads.
+        while (writeBytesInFlight > 0 && writeBytesInFlight + r.length > MAX_WRITE_BYTES_IN_FLIGHT) await Promise.race(writes);
         const data = await reader.read(r.length);
         if (r.flags & ~KNOWN_FLAGS) replyError(r.cookie, NBD_ERR.EINVAL, `unknown command flags 0x${r.flags.toString(16)}`);
         else if (dev.readOnly) replyError(r.cookie, NBD_ERR.EPERM, 'export is read-only');
         else if (outOfRange) replyError(r.cookie, NBD_ERR.ENOSPC, 'write beyond the end of the export');
         else if (r.length === 0) replyOk(r.cookie);
-        else track(dev.write(offset, data, fua).then(() => replyOk(r.cookie), (e: unknown) => failed(r.cookie, e)), true);
+        else {
+          const len = r.length;
+          writeBytesInFlight += len;
+          track(
+            dev.write(offset, data, fua).finally(() => (writeBytesInFlight -= len)).then(() => replyOk(r.cookie), (e: unknown) => failed(r.cookie, e)),
+            true,
+          );
+        }
         continue;
       }
       if (r.flags & ~KNOWN_FLAGS && r.type !== CMD.DISC) {

@@ -514,19 +514,38 @@ export class BlockStore {
 
   // ------------------------------------------------------------ durability of the cache
 
+  #ckRunning: Promise<void> | null = null;
+
   /** True when enough has changed since the last checkpoint to write one. */
-  checkpointDue(intervalMs = 2000): boolean {
+  checkpointDue(intervalMs = 5000): boolean {
     const c = this.#checkpointed;
     if (c.version === this.appliedVersion) return false;
-    return Date.now() - c.at >= intervalMs || (this.#slots - c.slots) * this.slotSize >= 256 << 20;
+    return Date.now() - c.at >= intervalMs || (this.#slots - c.slots) * this.slotSize >= 64 << 20;
+  }
+
+  /**
+   * Start a checkpoint in the background when one is due: what the files hold
+   * now is recorded once they are durable, while later applies keep appending
+   * (a crash replays those from the log). Call between applies.
+   */
+  maybeCheckpoint(): void {
+    if (this.#ckRunning || !this.checkpointDue()) return;
+    const run = this.#writeCheckpoint(this.#state()).finally(() => {
+      if (this.#ckRunning === run) this.#ckRunning = null;
+    });
+    this.#ckRunning = run;
+    run.catch(() => undefined); // a failed background checkpoint is retried by the next one
   }
 
   /** Make both files durable, then record what they hold. */
   async checkpoint(): Promise<void> {
+    if (this.#ckRunning) await this.#ckRunning.catch(() => undefined);
     if (this.#checkpointed.version === this.appliedVersion) return;
-    await this.#data.datasync();
-    await this.#index.datasync();
-    const ck: CheckpointFile = {
+    await this.#writeCheckpoint(this.#state());
+  }
+
+  #state(): CheckpointFile {
+    return {
       format: 'zos-vdisk-view',
       version: BLOCK_STORE_FORMAT_VERSION,
       size: this.size,
@@ -539,6 +558,11 @@ export class BlockStore {
       records: this.#records,
       snapshots: this.snapshots.map((s) => ({ name: s.name, position: s.position.toString() })),
     };
+  }
+
+  async #writeCheckpoint(ck: CheckpointFile): Promise<void> {
+    await this.#data.datasync();
+    await this.#index.datasync();
     const path = join(this.dir, 'checkpoint.json');
     const tmp = `${path}.tmp`;
     writeFileSync(tmp, JSON.stringify(ck) + '\n', { mode: 0o600 });
@@ -555,10 +579,11 @@ export class BlockStore {
     } finally {
       closeSync(dfd);
     }
-    this.#checkpointed = { slots: this.#slots, records: this.#records, version: this.appliedVersion, at: Date.now() };
+    this.#checkpointed = { slots: ck.slots, records: ck.records, version: BigInt(ck.streamVersion), at: Date.now() };
   }
 
   async close(): Promise<void> {
+    if (this.#ckRunning) await this.#ckRunning.catch(() => undefined);
     await this.#data.close().catch(() => undefined);
     await this.#index.close().catch(() => undefined);
   }

@@ -32,8 +32,10 @@ import {
 
 /** Data per VdiskBlocksWritten event; one append may carry several. */
 const EVENT_DATA_BYTES = 1 << 20;
+/** Data per append: bounds the copies an append makes on its way (payload, seal, store). */
+const APPEND_DATA_BYTES = 2 << 20;
 /** Overlay bytes (unlogged + logging) above which writes wait. */
-const OVERLAY_LIMIT = 64 << 20;
+const OVERLAY_LIMIT = 16 << 20;
 const MAX_APPENDS_IN_FLIGHT = 2;
 const ZERO_ENTRY_COST = 64;
 
@@ -182,7 +184,7 @@ export class Vdisk implements BlockDevice {
         from = e.version + 1n;
         done++;
         if (opts.progress && (done & 63) === 0) opts.progress('replay', done, total);
-        if (store?.checkpointDue()) await store.checkpoint();
+        store?.maybeCheckpoint();
       }
       opts.progress?.('replay', done, done);
       if (deleted || !store) return null;
@@ -269,12 +271,15 @@ export class Vdisk implements BlockDevice {
     this.#check();
     if (this.#overlayBytes > OVERLAY_LIMIT) await this.#room();
     const bs = this.blockSize;
+    // Blocks stay in the overlay until logged: own the bytes (one copy), unless
+    // the request already has a buffer of its own (then keep views of it).
+    const own = data.byteOffset === 0 && data.buffer.byteLength === data.length ? data : Buffer.from(data);
     this.#edit(
       offset,
-      data.length,
+      own.length,
       (block, at) => {
-        const src = data.subarray(at, at + bs);
-        this.#put(block, isAllZero(src) ? null : Buffer.from(src));
+        const src = own.subarray(at, at + bs);
+        this.#put(block, isAllZero(src) ? null : src);
       },
       (_block, cur, from, to, at) => data.copy(cur, from, at, at + (to - from)),
     );
@@ -332,12 +337,26 @@ export class Vdisk implements BlockDevice {
 
   #cut(): void {
     if (this.#pending.size === 0 || this.#inflight >= MAX_APPENDS_IN_FLIGHT || this.#failed) return;
-    const batch = this.#pending;
-    this.#pending = new Map();
-    const upToSeq = this.#seq;
-    const flushed = this.#flushWanted;
-    this.#flushWanted = false;
     const bs = this.blockSize;
+    // Take the oldest pending blocks, up to one append's worth of data (zeroes are cheap).
+    let batch: Map<number, OverlayEntry>;
+    if (this.#pending.size * bs <= APPEND_DATA_BYTES) {
+      batch = this.#pending;
+      this.#pending = new Map();
+    } else {
+      batch = new Map();
+      let bytes = 0;
+      for (const [b, entry] of this.#pending) {
+        if (bytes >= APPEND_DATA_BYTES) break;
+        batch.set(b, entry);
+        this.#pending.delete(b);
+        if (entry.data) bytes += bs;
+      }
+    }
+    // Writes up to upToSeq are durable once this append is, only if nothing older stays pending.
+    const upToSeq = this.#pending.size === 0 ? this.#seq : 0;
+    const flushed = this.#flushWanted && this.#pending.size === 0;
+    if (flushed) this.#flushWanted = false;
     const sorted = [...batch.keys()].sort((a, b) => a - b);
     const zeros: number[] = [];
     const dataBlocks: number[] = [];
@@ -372,7 +391,7 @@ export class Vdisk implements BlockDevice {
                 const e = events[i]!;
                 await this.#store.applyWrite(r.position + BigInt(i), r.firstVersion + BigInt(i), u64s(e.blocks), e.data, u64s(e.zeroRanges));
               }
-              if (this.#store.checkpointDue()) await this.#store.checkpoint();
+              this.#store.maybeCheckpoint();
             } catch (err) {
               this.#fail(err as Error);
               return;
@@ -391,6 +410,7 @@ export class Vdisk implements BlockDevice {
         this.#inflight--;
         this.#kick();
       });
+    this.#kick(); // the rest of a partial cut goes out in the next append
   }
 
   #settleWaiters(): void {

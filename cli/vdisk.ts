@@ -24,6 +24,7 @@ Commands:
   create NAME --size SIZE [--block-size N]   a new, empty vdisk (SIZE: bytes or 512M, 1G, 2T)
   serve [--listen HOST:PORT]                 serve every vdisk as an NBD export named after it
   list                                       the vdisks, their sizes and snapshots
+  info NAME                                  one vdisk: size, positions, snapshots, block store
   history NAME [--limit N]                   writes, flushes, snapshots, rollbacks, with times and positions
   rollback NAME --to ${AT} | --snapshot S
                                              make the vdisk what it was then (an event: it can be undone)

@@ -305,14 +305,23 @@ export class NbdServer {
     const maxPayload = this.#opts.maxPayload;
     const inFlight = new Set<Promise<void>>();
     const writes = new Set<Promise<void>>();
+    // Replies produced in the same turn of the event loop (e.g. 32 writes
+    // answered at once) leave in one writev instead of one syscall each; a
+    // read's header and data always share a segment (no-delay is on).
+    let corked = false;
+    const uncork = (): void => {
+      corked = false;
+      if (!socket.destroyed) socket.uncork();
+    };
     const write = (b: Buffer | Buffer[]): void => {
       if (socket.destroyed) return;
-      if (Array.isArray(b)) {
-        // One segment for header + data, not one per part (no-delay is on).
+      if (!corked) {
+        corked = true;
         socket.cork();
-        for (const x of b) socket.write(x);
-        socket.uncork();
-      } else socket.write(b);
+        process.nextTick(uncork);
+      }
+      if (Array.isArray(b)) for (const x of b) socket.write(x);
+      else socket.write(b);
     };
     const replyError = (cookie: bigint, err: number, message: string): void => {
       write(structured ? encodeErrorChunk(cookie, err, message) : encodeSimpleReply(cookie, err));

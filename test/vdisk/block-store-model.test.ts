@@ -154,7 +154,7 @@ t.test('a damaged store: bad slots fail authentication, bad files are rebuilt', 
   const dat = join(dir, 'blocks.dat');
   const bytes = readFileSync(dat);
   const slotSize = BS + 40;
-  bytes[slotSize + 30] ^= 0x01;
+  bytes[slotSize + 30] = bytes[slotSize + 30]! ^ 0x01;
   writeFileSync(dat, bytes);
   store = (await BlockStore.open(dir, geometry, key)).store;
   await t.rejects(store.readBlocks(0, 2), { code: 'VDISK_VIEW_CORRUPT', message: /zos vdisk rebuild/ }, 'a tampered slot is refused');

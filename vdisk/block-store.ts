@@ -45,12 +45,10 @@ export interface StoreGeometry {
   blockSize: number;
 }
 
+/** What checkpoint.json holds, sealed (see formats.md): nothing of it is plaintext at rest. */
 interface CheckpointFile {
-  format: 'zos-vdisk-view';
-  version: number;
   size: number;
   blockSize: number;
-  keyCheck: string;
   /** Stream version and log position of the last event applied. */
   streamVersion: string;
   position: string;
@@ -61,11 +59,53 @@ interface CheckpointFile {
   snapshots: Array<{ name: string; position: string }>;
 }
 
-const keyCheck = (key: Buffer): string => {
-  const out = Buffer.alloc(16);
-  sodium.crypto_generichash(out, Buffer.from('zos-vdisk-view-key-check'), key);
-  return out.toString('hex');
+const CHECKPOINT_AD = Buffer.from(`zos-vdisk-view\0v${BLOCK_STORE_FORMAT_VERSION}`);
+
+function sealCheckpoint(ck: CheckpointFile, key: Buffer): string {
+  const plain = Buffer.from(JSON.stringify(ck), 'utf8');
+  const nonce = Buffer.alloc(NONCE);
+  sodium.randombytes_buf(nonce);
+  const sealed = Buffer.alloc(plain.length + TAG);
+  sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(sealed, plain, CHECKPOINT_AD, null, nonce, key);
+  return JSON.stringify({ format: 'zos-vdisk-view', version: BLOCK_STORE_FORMAT_VERSION, nonce: nonce.toString('hex'), sealed: sealed.toString('base64') }) + '\n';
+}
+
+/** Read and write a sealed checkpoint (tests, and tools that inspect a store). */
+export const checkpointFile = {
+  read: (dir: string, key: Buffer): { ck: CheckpointFile | null; problem: string | null } => readCheckpoint(dir, key),
+  write: (dir: string, key: Buffer, ck: CheckpointFile): void => writeFileSync(join(dir, 'checkpoint.json'), sealCheckpoint(ck, key), { mode: 0o600 }),
 };
+export type { CheckpointFile };
+
+/** The store's checkpoint, or why there is no usable one (null problem and null checkpoint: nothing there yet). */
+function readCheckpoint(dir: string, key: Buffer): { ck: CheckpointFile | null; problem: string | null } {
+  const path = join(dir, 'checkpoint.json');
+  if (!existsSync(path)) return { ck: null, problem: existsSync(join(dir, 'blocks.dat')) || existsSync(join(dir, 'history.idx')) ? 'its checkpoint is missing' : null };
+  let outer: { format?: unknown; version?: unknown; nonce?: unknown; sealed?: unknown };
+  try {
+    outer = JSON.parse(readFileSync(path, 'utf8')) as typeof outer;
+  } catch {
+    return { ck: null, problem: 'its checkpoint is unreadable' };
+  }
+  if (outer?.format !== 'zos-vdisk-view' || typeof outer.nonce !== 'string' || typeof outer.sealed !== 'string') return { ck: null, problem: 'its checkpoint is unreadable' };
+  if (outer.version !== BLOCK_STORE_FORMAT_VERSION) return { ck: null, problem: `its format version ${String(outer.version)} is not supported` };
+  const nonce = Buffer.from(outer.nonce, 'hex');
+  const sealed = Buffer.from(outer.sealed, 'base64');
+  if (nonce.length !== NONCE || sealed.length < TAG) return { ck: null, problem: 'its checkpoint is unreadable' };
+  const plain = Buffer.alloc(sealed.length - TAG);
+  try {
+    sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(plain, null, sealed, CHECKPOINT_AD, nonce, key);
+  } catch {
+    return { ck: null, problem: 'its checkpoint was written under another key, or altered' };
+  }
+  try {
+    const ck = JSON.parse(plain.toString('utf8')) as CheckpointFile;
+    if (typeof ck.size !== 'number' || typeof ck.blockSize !== 'number' || typeof ck.slots !== 'number' || typeof ck.records !== 'number') throw new Error('fields');
+    return { ck, problem: null };
+  } catch {
+    return { ck: null, problem: 'its checkpoint is unreadable' };
+  }
+}
 
 class Column {
   a: Float64Array;
@@ -119,15 +159,13 @@ export class BlockStore {
     this.#index = index;
   }
 
-  /** The geometry recorded by the store's checkpoint, or null when there is none. */
-  static readGeometry(dir: string): StoreGeometry | null {
-    try {
-      const ck = JSON.parse(readFileSync(join(dir, 'checkpoint.json'), 'utf8')) as Partial<CheckpointFile>;
-      if (typeof ck.size === 'number' && typeof ck.blockSize === 'number') return { size: ck.size, blockSize: ck.blockSize };
-    } catch {
-      // no usable checkpoint: the caller replays from the start
-    }
-    return null;
+  /**
+   * The geometry recorded by the store's checkpoint; null when there is no
+   * usable one, with the reason when files are there but cannot be trusted.
+   */
+  static readGeometry(dir: string, key: Buffer): { geometry: StoreGeometry | null; problem: string | null } {
+    const { ck, problem } = readCheckpoint(dir, key);
+    return { geometry: ck ? { size: ck.size, blockSize: ck.blockSize } : null, problem };
   }
 
   /** Remove the store's files (it is a cache). */
@@ -142,21 +180,11 @@ export class BlockStore {
    */
   static async open(dir: string, geometry: StoreGeometry, key: Buffer): Promise<{ store: BlockStore; rebuilt: string | null }> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    let ck: CheckpointFile | null = null;
-    let reason: string | null = null;
-    const ckPath = join(dir, 'checkpoint.json');
-    if (existsSync(ckPath)) {
-      try {
-        ck = JSON.parse(readFileSync(ckPath, 'utf8')) as CheckpointFile;
-        if (ck.format !== 'zos-vdisk-view' || ck.version !== BLOCK_STORE_FORMAT_VERSION) reason = 'its format version is not supported';
-        else if (ck.size !== geometry.size || ck.blockSize !== geometry.blockSize) reason = 'its geometry differs from the log';
-        else if (ck.keyCheck !== keyCheck(key)) reason = 'it was written under another key';
-      } catch {
-        reason = 'its checkpoint is unreadable';
-      }
-    } else if (existsSync(join(dir, 'blocks.dat'))) reason = 'it has no checkpoint';
-    else reason = 'it does not exist yet';
-    if (reason !== null) {
+    const read = readCheckpoint(dir, key);
+    let ck = read.ck;
+    let reason = read.problem;
+    if (ck && (ck.size !== geometry.size || ck.blockSize !== geometry.blockSize)) reason = 'its geometry differs from the log';
+    if (!ck || reason !== null) {
       ck = null;
       BlockStore.wipe(dir);
     }
@@ -177,7 +205,7 @@ export class BlockStore {
       await store.close();
       throw err;
     }
-    return { store, rebuilt: reason === 'it does not exist yet' ? null : reason };
+    return { store, rebuilt: reason };
   }
 
   async #load(ck: CheckpointFile): Promise<string | null> {
@@ -546,11 +574,8 @@ export class BlockStore {
 
   #state(): CheckpointFile {
     return {
-      format: 'zos-vdisk-view',
-      version: BLOCK_STORE_FORMAT_VERSION,
       size: this.size,
       blockSize: this.blockSize,
-      keyCheck: keyCheck(this.#key),
       streamVersion: this.appliedVersion.toString(),
       position: this.appliedPosition.toString(),
       createdPosition: this.createdPosition.toString(),
@@ -565,7 +590,7 @@ export class BlockStore {
     await this.#index.datasync();
     const path = join(this.dir, 'checkpoint.json');
     const tmp = `${path}.tmp`;
-    writeFileSync(tmp, JSON.stringify(ck) + '\n', { mode: 0o600 });
+    writeFileSync(tmp, sealCheckpoint(ck, this.#key), { mode: 0o600 });
     const fd = openSync(tmp, 'r');
     try {
       fsyncSync(fd);

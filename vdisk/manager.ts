@@ -135,6 +135,8 @@ export class VdiskManager implements ExportProvider {
   }
 
   async #resolveSource(name: string, position: bigint): Promise<{ store: BlockStore; release: () => Promise<void> }> {
+    const pinned = this.#pinned.get(`${name}\0${position}`);
+    if (pinned) return { store: pinned, release: async () => undefined };
     const open = this.#open.get(name);
     if (open && open.store.createdPosition <= position && position <= open.store.appliedPosition) {
       return { store: open.store, release: async () => undefined };
@@ -145,7 +147,7 @@ export class VdiskManager implements ExportProvider {
     const vd = await Vdisk.open(this.log, name, dir, (n, p) => this.#resolveSource(n, p), { upTo: position });
     if (!vd) {
       rmSync(dir, { recursive: true, force: true });
-      throw new ZosError('VDISK_NOT_FOUND', `vdisk ${name} did not exist at position ${position}`);
+      throw new ZosError('VDISK_INVALID', `vdisk ${name} did not exist at position ${position}; pick a point in its history (zos vdisk history ${name})`);
     }
     return {
       store: vd.store,
@@ -274,27 +276,72 @@ export class VdiskManager implements ExportProvider {
   async rollback(name: string, target: Target): Promise<{ position: bigint; toPosition: bigint; blocks: number }> {
     const vd = await this.get(name);
     return this.#mutex.run(name, async () => {
-      this.onDisconnect?.(name);
       const to = await this.resolve(vd, target);
+      if (to < vd.store.createdPosition) {
+        throw new ZosError('VDISK_INVALID', `vdisk ${name} did not exist at position ${to} (it was created at position ${vd.store.createdPosition}); pick a later point`);
+      }
+      // Only a rollback that will happen disconnects the clients.
+      this.onDisconnect?.(name);
       const snap = typeof target === 'object' && 'snapshot' in target ? target.snapshot : null;
       const r = await vd.rollback(to, snap, this.#progress);
       return { ...r, toPosition: to };
     });
   }
 
+  /**
+   * A new vdisk with `source`'s content at a point. The source may have been
+   * deleted since (its history is still in the log): then give a position,
+   * time or one of its snapshots.
+   */
   async clone(source: string, name: string, target: Target = 'now'): Promise<VdiskInfo> {
     validateVdiskName(name);
-    const src = await this.get(source);
-    const at = await this.#mutex.run(source, () => this.resolve(src, target));
-    if (at < src.store.createdPosition) throw new ZosError('VDISK_INVALID', `vdisk ${source} did not exist at position ${at} (it was created at position ${src.store.createdPosition})`);
-    return this.#mutex.run(name, async () => {
-      const version = await this.#vacant(name);
-      await this.#catalogue(name);
-      const data: VdiskCloned = { source, atPosition: Number(at), size: src.store.size, blockSize: src.store.blockSize };
-      await this.log.appendToStream(streamOf(name), [{ type: 'VdiskCloned', data }], { expectedVersion: version < 0n ? 'no-stream' : version });
-      const vd = await this.#load(name, version + 1n);
-      return this.#info(vd!);
-    });
+    validateVdiskName(source);
+    const src = await this.#mutex.run(source, () => this.#load(source));
+    let at: bigint;
+    if (src) {
+      at = await this.#mutex.run(source, () => this.resolve(src, target));
+      if (at < src.store.createdPosition) {
+        // Possibly an earlier incarnation of the name: the source resolver rebuilds it, or says it did not exist.
+        if (typeof target === 'object' && 'snapshot' in target) throw new ZosError('VDISK_INVALID', `snapshot ${target.snapshot} is not in the current vdisk ${source}`);
+      }
+    } else {
+      at = await this.#resolveDetached(source, target);
+    }
+    // Keep the source's state at `at` while the clone copies it (built once, even for a deleted source).
+    const pinned = await this.#resolveSource(source, at);
+    const key = `${source}\0${at}`;
+    this.#pinned.set(key, pinned.store);
+    try {
+      return await this.#mutex.run(name, async () => {
+        const version = await this.#vacant(name);
+        await this.#catalogue(name);
+        const data: VdiskCloned = { source, atPosition: Number(at), size: pinned.store.size, blockSize: pinned.store.blockSize };
+        await this.log.appendToStream(streamOf(name), [{ type: 'VdiskCloned', data }], { expectedVersion: version < 0n ? 'no-stream' : version });
+        const vd = await this.#load(name, version + 1n);
+        return this.#info(vd!);
+      });
+    } finally {
+      this.#pinned.delete(key);
+      await pinned.release();
+    }
+  }
+
+  readonly #pinned = new Map<string, BlockStore>();
+
+  /** A point in the history of a vdisk that is not open (deleted): from its stream. */
+  async #resolveDetached(name: string, target: Target): Promise<bigint> {
+    const last = await this.#lastEvent(name);
+    if (!last) throw new ZosError('VDISK_NOT_FOUND', `no vdisk named ${name}; see zos vdisk list`);
+    if (target === 'now') throw new ZosError('VDISK_NOT_FOUND', `vdisk ${name} was deleted at position ${last.position}; give a point before that (--at TIME, @POSITION or --snapshot)`);
+    if ('position' in target) return target.position;
+    if ('time' in target) return (await this.log.positionForTime(target.time + 1n)) - 1n;
+    let found: bigint | null = null;
+    for await (const e of this.log.readStream(streamOf(name))) {
+      if (e.type === 'VdiskCreated' || e.type === 'VdiskCloned') found = null; // snapshots of the newest incarnation
+      if (e.type === 'VdiskSnapshotted' && (e.data as { name: string }).name === target.snapshot) found = e.position;
+    }
+    if (found === null) throw new ZosError('VDISK_NOT_FOUND', `vdisk ${name} has no snapshot named "${target.snapshot}"; see zos vdisk history ${name}`);
+    return found;
   }
 
   async delete(name: string): Promise<void> {

@@ -46,6 +46,8 @@ interface OverlayEntry {
 
 interface Waiter {
   seq: number;
+  /** A FLUSH or FUA (not an internal drain): the batch that makes it durable is marked flushed. */
+  urgent: boolean;
   resolve: () => void;
   reject: (e: Error) => void;
 }
@@ -76,7 +78,8 @@ export class Vdisk implements BlockDevice {
   #durableSeq = 0;
   #inflight = 0;
   #cutScheduled = false;
-  #flushWanted = false;
+  /** Writes up to this seq are in batches already cut (appending or appended). */
+  #cutSeq = 0;
   #waiters: Waiter[] = [];
   #spaceWaiters: Array<() => void> = [];
   #applyChain: Promise<void> = Promise.resolve();
@@ -133,13 +136,17 @@ export class Vdisk implements BlockDevice {
     const head = await log.streamVersion(stream);
     if (head < 0n) return null;
     let store: BlockStore | null = null;
-    const geometry = BlockStore.readGeometry(dir);
-    if (geometry) {
-      const r = await BlockStore.open(dir, geometry, key);
+    const found = BlockStore.readGeometry(dir, key);
+    if (found.problem) {
+      opts.onRebuild?.(found.problem);
+      BlockStore.wipe(dir);
+    }
+    if (found.geometry) {
+      const r = await BlockStore.open(dir, found.geometry, key);
       store = r.store;
       if (r.rebuilt) opts.onRebuild?.(r.rebuilt);
       if (store.appliedVersion > head || (opts.upTo !== undefined && store.appliedPosition > opts.upTo)) {
-        opts.onRebuild?.('it is ahead of the log');
+        if (opts.upTo === undefined) opts.onRebuild?.('it is ahead of the log');
         await store.close();
         BlockStore.wipe(dir);
         store = null;
@@ -203,6 +210,12 @@ export class Vdisk implements BlockDevice {
     if (this.#closed) throw new ZosError('VDISK_FAILED', `vdisk ${this.name} is closed`);
   }
 
+  #inRange(offset: number, length: number, what: string): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.#store.size) {
+      throw new ZosError('VDISK_INVALID', `${what} of ${length} bytes at offset ${offset} is outside vdisk ${this.name} (${this.#store.size} bytes)`);
+    }
+  }
+
   #current(block: number): Buffer {
     const o = this.#overlay.get(block);
     if (o) return o.data ? Buffer.from(o.data) : Buffer.alloc(this.blockSize);
@@ -245,6 +258,8 @@ export class Vdisk implements BlockDevice {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
+    this.#inRange(offset, length, 'read');
+    if (length === 0) return Buffer.alloc(0);
     const bs = this.blockSize;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
@@ -271,9 +286,9 @@ export class Vdisk implements BlockDevice {
     this.#check();
     if (this.#overlayBytes > OVERLAY_LIMIT) await this.#room();
     const bs = this.blockSize;
-    // Blocks stay in the overlay until logged: own the bytes (one copy), unless
-    // the request already has a buffer of its own (then keep views of it).
-    const own = data.byteOffset === 0 && data.buffer.byteLength === data.length ? data : Buffer.from(data);
+    this.#inRange(offset, data.length, 'write');
+    // Blocks stay in the overlay until logged, and the caller may reuse its buffer: one copy.
+    const own = Buffer.from(data);
     this.#edit(
       offset,
       own.length,
@@ -288,6 +303,7 @@ export class Vdisk implements BlockDevice {
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     this.#check();
+    this.#inRange(offset, length, 'zero');
     if (this.#overlayBytes > OVERLAY_LIMIT) await this.#room();
     this.#edit(
       offset,
@@ -318,8 +334,7 @@ export class Vdisk implements BlockDevice {
   #durable(seq: number, urgent: boolean): Promise<void> {
     if (this.#durableSeq >= seq) return Promise.resolve();
     if (this.#failed) return Promise.reject(this.#failed);
-    if (urgent) this.#flushWanted = true;
-    const p = new Promise<void>((resolve, reject) => this.#waiters.push({ seq, resolve, reject }));
+    const p = new Promise<void>((resolve, reject) => this.#waiters.push({ seq, urgent, resolve, reject }));
     this.#kick();
     return p;
   }
@@ -355,8 +370,9 @@ export class Vdisk implements BlockDevice {
     }
     // Writes up to upToSeq are durable once this append is, only if nothing older stays pending.
     const upToSeq = this.#pending.size === 0 ? this.#seq : 0;
-    const flushed = this.#flushWanted && this.#pending.size === 0;
-    if (flushed) this.#flushWanted = false;
+    // Flushed: this batch is the one that makes a waiting FLUSH/FUA durable.
+    const flushed = upToSeq > 0 && this.#waiters.some((w) => w.urgent && w.seq > this.#cutSeq && w.seq <= upToSeq);
+    if (upToSeq > 0) this.#cutSeq = upToSeq;
     const sorted = [...batch.keys()].sort((a, b) => a - b);
     const zeros: number[] = [];
     const dataBlocks: number[] = [];
@@ -439,7 +455,7 @@ export class Vdisk implements BlockDevice {
   /** Wait until every write so far is durable and applied to the block store. */
   async drain(): Promise<void> {
     this.#check();
-    await this.#durable(this.#seq, true);
+    await this.#durable(this.#seq, false);
     await this.#applyChain;
     this.#check();
   }

@@ -10,7 +10,7 @@ import fc from 'fast-check';
 import { randomBytes } from 'node:crypto';
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { BlockStore, ZERO } from '../../vdisk/block-store.ts';
+import { BlockStore, ZERO, checkpointFile } from '../../vdisk/block-store.ts';
 import { tempDir } from '../helpers/tmp.ts';
 
 const BS = 512;
@@ -184,10 +184,27 @@ t.test('a damaged store: bad slots fail authentication, bad files are rebuilt', 
   await reopened.store.close();
 
   // A checkpoint that claims more than the files hold: rebuilt.
-  const ck = JSON.parse(readFileSync(join(dir2, 'checkpoint.json'), 'utf8')) as { records: number };
+  const ck = checkpointFile.read(dir2, key).ck!;
   ck.records = 50;
-  writeFileSync(join(dir2, 'checkpoint.json'), JSON.stringify(ck));
+  checkpointFile.write(dir2, key, ck);
   const short = await BlockStore.open(dir2, geometry, key);
   t.match(short.rebuilt, /shorter than its checkpoint/, 'a short store is rebuilt');
   await short.store.close();
+
+  // The checkpoint is sealed: nothing of it is plaintext, and an edit is caught.
+  const dir3 = tempDir(t, 'zos-bs-seal-');
+  store = (await BlockStore.open(dir3, geometry, key)).store;
+  store.applyCreated(0n, 0n);
+  store.applyMarker(1n, 1n, 'SNAPSHOT-NAME-MARKER');
+  await store.checkpoint();
+  await store.close();
+  const text = readFileSync(join(dir3, 'checkpoint.json'), 'utf8');
+  t.notMatch(text, /SNAPSHOT-NAME-MARKER|blockSize|records/, 'no plaintext fields in checkpoint.json');
+  const outer = JSON.parse(text) as { sealed: string };
+  const sealed = Buffer.from(outer.sealed, 'base64');
+  sealed[3] = sealed[3]! ^ 0x20;
+  writeFileSync(join(dir3, 'checkpoint.json'), JSON.stringify({ ...outer, sealed: sealed.toString('base64') }));
+  const edited = await BlockStore.open(dir3, geometry, key);
+  t.match(edited.rebuilt, /another key, or altered/, 'an edited checkpoint is rebuilt');
+  await edited.store.close();
 });

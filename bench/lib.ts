@@ -533,8 +533,8 @@ export function ratio(a: number | null | undefined, b: number | null | undefined
   return a === null || a === undefined || b === null || b === undefined || b === 0 ? null : a / b;
 }
 
-/** The commit measured, and whether tlog/ had uncommitted changes then. */
-export function gitState(): { head: string | null; tlogDirty: boolean | null } {
+/** The commit measured, and whether tlog/ (and vdisk/, nbd/) had uncommitted changes then. */
+export function gitState(): { head: string | null; tlogDirty: boolean | null; vdiskDirty: boolean | null; nbdDirty: boolean | null } {
   const git = (...a: string[]): string | null => {
     try {
       return execFileSync('git', a, { cwd: REPO_DIR, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
@@ -543,8 +543,11 @@ export function gitState(): { head: string | null; tlogDirty: boolean | null } {
     }
   };
   const head = git('rev-parse', 'HEAD');
-  const dirty = git('status', '--porcelain', '--', 'tlog');
-  return { head, tlogDirty: dirty === null ? null : dirty.length > 0 };
+  const dirty = (dir: string): boolean | null => {
+    const out = git('status', '--porcelain', '--', dir);
+    return out === null ? null : out.length > 0;
+  };
+  return { head, tlogDirty: dirty('tlog'), vdiskDirty: dirty('vdisk'), nbdDirty: dirty('nbd') };
 }
 
 /** Captured when the benchmark process starts, i.e. when the code under test was loaded. */

@@ -14,11 +14,18 @@
  *
  * Once listening it prints one JSON line, {"port":N,"pid":P}. Then, for each
  * line "stats" on stdin, it prints one JSON line of memory figures and
- * counters. It exits when stdin closes (the parent went away) or on
+ * counters; for each line "drain", once the vdisk's writes so far are in the
+ * log and its view, {"drainMs":T} (at once for the other devices). Lines
+ * "profile-start" and "profile-stop FILE" run V8's CPU profiler (through
+ * node:inspector) and write FILE.cpuprofile; each answers {"ok":true} or
+ * {"error":...}. It exits when stdin closes (the parent went away) or on
  * SIGTERM / SIGINT. Server errors (onError) are counted and printed on stderr.
  */
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { MemoryBlockDevice, NbdServer, type BlockDevice, type ExportProvider } from '../nbd/index.ts';
 import { Tlog, initDataDir } from '../tlog/index.ts';
 import { VdiskManager } from '../vdisk/index.ts';
@@ -114,13 +121,55 @@ process.once('SIGINT', () => void shutdown(0));
 
 const lines = createInterface({ input: process.stdin });
 lines.on('line', (line) => {
-  if (line.trim() !== 'stats') return;
+  const cmd = line.trim();
+  if (cmd === 'profile-start' || cmd.startsWith('profile-stop ')) {
+    void profile(cmd).then(
+      () => process.stdout.write('{"ok":true}\n'),
+      (err: unknown) => process.stdout.write(`${JSON.stringify({ error: String(err) })}\n`),
+    );
+    return;
+  }
+  if (cmd === 'drain') {
+    void drain().then((r) => process.stdout.write(`${JSON.stringify(r)}\n`));
+    return;
+  }
+  if (cmd !== 'stats') return;
   void stats().then((s) => process.stdout.write(`${JSON.stringify(s, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`));
 });
 
+let session: Session | null = null;
+async function profile(cmd: string): Promise<void> {
+  if (!session) {
+    session = new Session();
+    session.connect();
+    await session.post('Profiler.enable');
+    await session.post('Profiler.setSamplingInterval', { interval: 500 });
+  }
+  if (cmd === 'profile-start') {
+    await session.post('Profiler.start');
+    return;
+  }
+  const { profile: p } = await session.post('Profiler.stop');
+  writeFileSync(cmd.slice('profile-stop '.length), JSON.stringify(p));
+}
+
+/** Vdisk: wait until every write so far is in the log and the view (the backlog left by a fio run); others: nothing to wait for. */
+async function drain(): Promise<{ drainMs: number; error?: string }> {
+  const t0 = performance.now();
+  if (!manager) return { drainMs: 0 };
+  try {
+    await (await manager.get(name)).drain();
+    return { drainMs: performance.now() - t0 };
+  } catch (err) {
+    return { drainMs: performance.now() - t0, error: String(err) };
+  }
+}
+
 async function stats(): Promise<Record<string, unknown>> {
   const m = process.memoryUsage();
-  const base = { rss: m.rss, heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, connections: server.connections, opened, errors, warnings };
+  // Committed bytes per V8 heap space (new, old, large object…): where heapTotal goes.
+  const heapSpaces = Object.fromEntries(getHeapSpaceStatistics().map((x) => [x.space_name, x.physical_space_size]));
+  const base = { rss: m.rss, heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, heapSpaces, connections: server.connections, opened, errors, warnings };
   if (!manager || !log) return base;
   try {
     // The view's counters as they are (no drain: that would wait for the writes in flight).

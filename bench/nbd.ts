@@ -22,6 +22,10 @@
  *
  * Every server's RSS (/proc/PID/status VmRSS) is sampled every 200 ms while
  * it serves; VmHWM (peak) is read after the fill and after each workload.
+ * After every fio run on the vdisk the driver waits until its acknowledged
+ * writes are in the log (not measured; the wait is reported), so its backlog
+ * does not run in the next contender's window. --profile-dir DIR writes a
+ * CPU profile of our servers per fio run (bench/profile-summary.ts reads it).
  *
  * Every device is first filled by fio (1 MiB sequential writes, QD8) so that
  * reads hit data. Then each workload runs with `fio --ioengine=nbd` for
@@ -38,7 +42,7 @@
  * (an error under CI).
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, ftruncateSync, readdirSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, ftruncateSync, readdirSync, statSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -107,6 +111,7 @@ const args = parseBenchArgs({
     size: { type: 'string', help: 'device bytes (default 1073741824 = 1 GiB; smoke 256 MiB)' },
     only: { type: 'string', help: `contenders (default all: ${CONTENDERS.join(',')})` },
     workloads: { type: 'string', help: `workloads (default all: ${WORKLOADS.map((w) => w.id).join(',')})` },
+    'profile-dir': { type: 'string', help: 'CPU-profile our servers during every fio run (fill, each window) into DIR/<server>-<phase>.cpuprofile; slows them' },
   },
   seconds: { full: 10, smoke: 1 },
 });
@@ -141,6 +146,8 @@ const workloads = pick(
   'workload',
 ).map((id) => WORKLOADS.find((w) => w.id === id)!);
 const windowSeconds = args.seconds / rounds;
+const profileDir = argValue('profile-dir') ?? null;
+if (profileDir) mkdirSync(profileDir, { recursive: true });
 
 // ------------------------------------------------------------------ processes
 
@@ -169,6 +176,10 @@ interface Server {
   stats?: () => Promise<ZosStats>;
   /** zos-vdisk: its data directory (log + views). */
   dataDir?: string;
+  /** zos-vdisk: wait until the writes acknowledged so far are in the log and the view; ms waited. */
+  drain?: () => Promise<number>;
+  /** Our servers: start V8's CPU profiler / stop it and write the profile to a file. */
+  profile?: (file: string | null) => Promise<void>;
   stop: () => Promise<void>;
 }
 
@@ -328,7 +339,22 @@ async function startZos(id: ContenderId, backing: { file: string } | { vdisk: st
       child.stdin!.write('stats\n');
       return JSON.parse(await nextLine(5000)) as ZosStats;
     },
-    ...(backing && 'vdisk' in backing ? { dataDir: backing.vdisk } : {}),
+    profile: async (file) => {
+      child.stdin!.write(file === null ? 'profile-start\n' : `profile-stop ${file}\n`);
+      const r = JSON.parse(await nextLine(60_000)) as { ok?: boolean; error?: string };
+      if (r.error) throw new Error(`nbd-serve profile: ${r.error}`);
+    },
+    ...(backing && 'vdisk' in backing
+      ? {
+          dataDir: backing.vdisk,
+          drain: async () => {
+            child.stdin!.write('drain\n');
+            const r = JSON.parse(await nextLine(120_000)) as { drainMs: number; error?: string };
+            if (r.error) throw new Error(`vdisk drain failed: ${r.error}`);
+            return r.drainMs;
+          },
+        }
+      : {}),
     // A vdisk drains its writes to the log and checkpoints its view on close.
     stop: () => stopChild(child, () => child.stdin!.end(), backing && 'vdisk' in backing ? 30_000 : 3000),
   };
@@ -425,6 +451,15 @@ interface FioWindow {
   fioCores: number;
   /** The server process's CPU over the fio run (ramp included), cores. */
   serverCores: number | null;
+  /**
+   * zos-vdisk: ms to drain after fio finished (writes acknowledged but not yet
+   * in the log, at most the vdisk's overlay), so the backlog does not spill
+   * into the next contender's window. Not counted in the window.
+   */
+  drainMs?: number;
+  /** Wall time of the fio run (ramp included), and the server's CPU over it plus over the drain, ms. */
+  wallMs: number;
+  serverCpuMs: number | null;
 }
 
 interface FioJob {
@@ -500,11 +535,20 @@ async function fio(server: Server, w: Pick<Workload, 'rw' | 'bs' | 'qd'>, o: { s
   ];
   // Time-bounded runs get their length plus a minute; the untimed fill, 10 s per GiB plus a minute.
   const timeoutMs = 60_000 + (o.seconds === null ? (deviceBytes / 2 ** 30) * 10_000 : (o.seconds + o.ramp) * 1000);
+  const profiling = profileDir !== null && server.profile !== undefined;
+  if (profiling) await server.profile!(null);
   const cpu0 = procCpuMs(server.pid);
   const t0 = nowMs();
   const job = await runFioJob(argv, timeoutMs);
   const wallMs = nowMs() - t0;
   const cpu1 = procCpuMs(server.pid);
+  const drainMs = server.drain ? await server.drain() : undefined;
+  const cpu2 = drainMs === undefined ? cpu1 : procCpuMs(server.pid);
+  if (profiling) {
+    let file = join(profileDir, `${server.id}-${o.name}.cpuprofile`);
+    for (let k = 2; existsSync(file); k++) file = join(profileDir, `${server.id}-${o.name}-${k}.cpuprofile`);
+    await server.profile!(file);
+  }
   const d = w.rw === 'read' || w.rw === 'randread' ? job.read : job.write;
   const pct = d.lat_ns.percentile ?? {};
   const runtimeMs = d.runtime;
@@ -516,6 +560,9 @@ async function fio(server: Server, w: Pick<Workload, 'rw' | 'bs' | 'qd'>, o: { s
     ios: d.total_ios,
     fioCores: (job.usr_cpu + job.sys_cpu) / 100,
     serverCores: cpu0 === null || cpu1 === null ? null : (cpu1 - cpu0) / wallMs,
+    ...(drainMs === undefined ? {} : { drainMs }),
+    wallMs,
+    serverCpuMs: cpu0 === null || cpu2 === null ? null : cpu2 - cpu0,
   };
 }
 
@@ -525,6 +572,10 @@ interface Cell_ {
   latUs: { mean: number; p50: number; p99: number };
   fioCores: number;
   serverCores: number | null;
+  /** zos-vdisk: longest drain after a window, ms. */
+  drainMs: number | null;
+  /** Server CPU per request, µs: CPU over the fio runs (ramps included) and the drains, over IOPS × wall time. */
+  serverUsPerRequest: number | null;
   windows: FioWindow[];
 }
 
@@ -539,6 +590,10 @@ function combine(ws: FioWindow[]): Cell_ {
     latUs: { mean: avg((w) => w.latUs.mean), p50: avg((w) => w.latUs.p50), p99: avg((w) => w.latUs.p99) },
     fioCores: avg((w) => w.fioCores),
     serverCores: cores,
+    drainMs: ws.some((w) => w.drainMs !== undefined) ? Math.max(...ws.map((w) => w.drainMs ?? 0)) : null,
+    serverUsPerRequest: ws.every((w) => w.serverCpuMs !== null)
+      ? (ws.reduce((a, w) => a + w.serverCpuMs!, 0) * 1000) / Math.max(1e-9, ws.reduce((a, w) => a + (w.iops * w.wallMs) / 1000, 0))
+      : null,
     windows: ws,
   };
 }
@@ -574,7 +629,7 @@ const rawFile = (name: string): string => {
 };
 
 const results: Partial<Record<ContenderId, Record<string, Cell_>>> = {};
-const fill: Partial<Record<ContenderId, { mbPerSec: number; seconds: number }>> = {};
+const fill: Partial<Record<ContenderId, { mbPerSec: number; seconds: number; drainMs?: number }>> = {};
 interface MemoryFigures {
   afterFill: { rss: number; hwm: number } | null;
   end: { rss: number; hwm: number } | null;
@@ -623,11 +678,11 @@ try {
   // Fill every device so reads hit data (and the files are allocated; every vdisk block is in its log and view).
   for (const s of servers) {
     const w = await fio(s, { rw: 'write', bs: MiB, qd: 8 }, { seconds: null, ramp: 0, name: 'fill' });
-    fill[s.id] = { mbPerSec: w.bytesPerSec / MB, seconds: w.runtimeMs / 1000 };
+    fill[s.id] = { mbPerSec: w.bytesPerSec / MB, seconds: w.runtimeMs / 1000, ...(w.drainMs === undefined ? {} : { drainMs: w.drainMs }) };
     memory[s.id] = { afterFill: procMem(s.pid), end: null, phases: {} };
     phaseDone(s, 'fill');
     if (s.dataDir) vdiskDisk.afterFill = duBytes(s.dataDir);
-    process.stdout.write(`  fill ${s.id}: ${fmtNum(w.bytesPerSec / MB)} MB/s in ${(w.runtimeMs / 1000).toFixed(1)} s\n`);
+    process.stdout.write(`  fill ${s.id}: ${fmtNum(w.bytesPerSec / MB)} MB/s in ${(w.runtimeMs / 1000).toFixed(1)} s${w.drainMs === undefined ? '' : ` (+${fmtNum(w.drainMs)} ms to drain into the log)`}\n`);
   }
 
   for (const wl of workloads) {
@@ -673,12 +728,12 @@ for (const wl of workloads) {
     if (!c) continue;
     const ws = c.windows.map((w) => w.iops);
     const spread = ws.length > 1 ? `${fmtNum(Math.min(...ws))}–${fmtNum(Math.max(...ws))}` : null;
-    rows.push([wl.label, CONTENDER_LABEL[id], c.iops, spread, c.mbPerSec, c.latUs.p50, c.latUs.p99, c.serverCores, c.fioCores]);
+    rows.push([wl.label, CONTENDER_LABEL[id], c.iops, spread, c.mbPerSec, c.latUs.p50, c.latUs.p99, c.serverCores, c.serverUsPerRequest, c.fioCores, c.drainMs]);
   }
 }
 printTable(
   `fio over NBD, ${fmtNum(deviceBytes / MiB)} MiB device, ${args.seconds} s per cell (${rounds} × ${windowSeconds} s windows)${args.smoke ? ' — SMOKE: figures meaningless' : ''}`,
-  ['workload', 'server', 'IOPS', 'IOPS per window', 'MB/s', 'lat p50 µs', 'lat p99 µs', 'server cores', 'fio cores'],
+  ['workload', 'server', 'IOPS', 'IOPS per window', 'MB/s', 'lat p50 µs', 'lat p99 µs', 'server cores', 'server µs CPU/req', 'fio cores', 'drain ms'],
   rows,
 );
 
@@ -788,6 +843,7 @@ writeResult('nbd', args, {
     workloads,
     fioOptions: '--ioengine=nbd --randrepeat=0 --norandommap --time_based; fill: --rw=write --bs=1M --iodepth=8 over the whole device',
     rssSampleMs: 200,
+    profiled: profileDir !== null,
   },
   contenders: servers.map((s) => ({ id: s.id, label: s.label, command: s.command.join(' ') })),
   skippedContenders,

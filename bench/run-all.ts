@@ -4,7 +4,7 @@
  *
  *   npm run bench            # full run (a few minutes); results in bench/results/
  *   npm run bench:smoke      # tiny sizes (CI); results in bench/results/smoke/
- *   npx node bench/run-all.ts [--smoke] [--dir /path/on/the/disk] [--only append,replay,crypto,kafka-append,nbd]
+ *   npx node bench/run-all.ts [--smoke] [--dir /path/on/the/disk] [--only append,replay,crypto,kafka-append,nbd,vdisk-rollback]
  *
  * Exits non-zero when a benchmark fails (crashes, wrong counts); missing a
  * performance target is reported, not an error.
@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH_DIR, fmtRatio, nowMs, printTable, writeResult, type Cell } from './lib.ts';
 
-const BENCHES = ['append', 'replay', 'crypto', 'kafka-append', 'nbd'] as const;
+const BENCHES = ['append', 'replay', 'crypto', 'kafka-append', 'nbd', 'vdisk-rollback'] as const;
 type BenchName = (typeof BENCHES)[number];
 
 const { values } = parseArgs({
@@ -28,7 +28,7 @@ const { values } = parseArgs({
   strict: true,
 });
 if (values.help) {
-  process.stdout.write('usage: npx node bench/run-all.ts [--smoke] [--dir DIR] [--only append,replay,crypto,kafka-append,nbd]\n');
+  process.stdout.write(`usage: npx node bench/run-all.ts [--smoke] [--dir DIR] [--only ${BENCHES.join(',')}]\n`);
   process.exit(0);
 }
 const smoke = values.smoke === true;
@@ -83,8 +83,23 @@ interface KafkaAppendJson {
 interface NbdJson {
   skipped?: string;
   results?: Record<string, Record<string, { iops: number; mbPerSec: number }>>;
-  ratios?: Array<{ workload: string; kind: 'random' | 'seq'; target: number; memVsQemu: number | null; fileVsQemu: number | null; memVsNbdkit: number | null }>;
-  targets?: { rssMiB: number; rssFilePeakMiB: number | null; rssMemEndMiB: number | null; rssMet: boolean | null };
+  ratios?: Array<{
+    workload: string;
+    kind: 'random' | 'seq';
+    target: number;
+    vdiskVsQemu?: number | null;
+    memVsQemu: number | null;
+    fileVsQemu: number | null;
+    memVsNbdkit: number | null;
+  }>;
+  targets?: { rssMiB: number; rssVdiskPeakMiB?: number | null; rssFilePeakMiB: number | null; rssMemEndMiB: number | null; rssMet: boolean | null; rssFileMet?: boolean | null };
+}
+interface VdiskRollbackJson {
+  error?: string;
+  rollback?: { ms: number; blocks: number };
+  rebuild?: { ms: number };
+  target?: { rebuildOverRollback: number; target: number; met: boolean };
+  checksumsMatch?: boolean;
 }
 interface CryptoJson {
   cells: Array<{ lib: string; bytes: number; sealMBps: number; openMBps: number | null }>;
@@ -139,25 +154,47 @@ const nbd = only.includes('nbd') ? (readResult('nbd') as unknown as NbdJson | nu
 if (nbd?.skipped) {
   rows.push(['nbd (fio over NBD)', null, null, null, '—', `skipped: ${nbd.skipped}`]);
 } else if (nbd) {
-  // The targets are for the later vdisk-backed server; this is the bare server (memory device, raw file).
+  // The targets are for the vdisk-backed server; without it (--only) the bare server on memory stands in.
   for (const r of nbd.ratios ?? []) {
-    const mem = nbd.results?.['zos-mem']?.[r.workload];
+    const hasVdisk = nbd.results?.['zos-vdisk'] !== undefined;
+    const ours = nbd.results?.[hasVdisk ? 'zos-vdisk' : 'zos-mem']?.[r.workload];
     const qemu = nbd.results?.['qemu-nbd']?.[r.workload];
+    const rv = hasVdisk ? (r.vdiskVsQemu ?? null) : r.memVsQemu;
     const unit = r.kind === 'seq' ? 'MB/s' : 'IOPS';
     const pickV = (c: { iops: number; mbPerSec: number } | undefined): number | null => (c ? (r.kind === 'seq' ? c.mbPerSec : c.iops) : null);
-    const file = r.fileVsQemu === null ? '' : `; raw file ${fmtRatio(r.fileVsQemu)}`;
+    const others = [r.memVsQemu === null || !hasVdisk ? '' : `; bare server on memory ${fmtRatio(r.memVsQemu)}`, r.fileVsQemu === null ? '' : `; raw file ${fmtRatio(r.fileVsQemu)}`].join('');
     rows.push([
-      `nbd ${r.workload} ${unit} (memory device vs qemu-nbd)`,
-      pickV(mem),
+      `nbd ${r.workload} ${unit} (${hasVdisk ? 'zos vdisk' : 'memory device'} vs qemu-nbd)`,
+      pickV(ours),
       pickV(qemu),
-      fmtRatio(r.memVsQemu),
-      `≥ ${r.target}× qemu-nbd (vdisk)`,
-      `${r.memVsQemu === null ? 'no qemu-nbd' : r.memVsQemu >= r.target ? 'met' : 'not met'}${file}`,
+      fmtRatio(rv),
+      `≥ ${r.target}× qemu-nbd`,
+      `${rv === null ? 'no qemu-nbd' : rv >= r.target ? 'met' : 'not met'}${others}`,
     ]);
   }
   const t = nbd.targets;
-  if (t) rows.push(['nbd server peak RSS MiB (raw-file device)', t.rssFilePeakMiB, t.rssMiB, null, `≤ ${t.rssMiB} MiB`, t.rssMet === null ? '—' : t.rssMet ? 'met' : 'not met']);
+  if (t && t.rssVdiskPeakMiB !== undefined && t.rssVdiskPeakMiB !== null) {
+    rows.push(['nbd vdisk server peak RSS MiB', t.rssVdiskPeakMiB, t.rssMiB, null, `≤ ${t.rssMiB} MiB`, t.rssMet === null ? '—' : t.rssMet ? 'met' : 'not met']);
+  }
+  if (t && t.rssFilePeakMiB !== null) {
+    const met = t.rssFileMet ?? (t.rssFilePeakMiB <= t.rssMiB);
+    rows.push(['nbd bare server peak RSS MiB (raw-file device)', t.rssFilePeakMiB, t.rssMiB, null, `≤ ${t.rssMiB} MiB`, met ? 'met' : 'not met']);
+  }
   summary.nbd = { ratios: nbd.ratios, rss: nbd.targets };
+}
+const vr = only.includes('vdisk-rollback') ? (readResult('vdisk-rollback') as unknown as VdiskRollbackJson | null) : null;
+if (vr?.error) {
+  rows.push(['vdisk rollback vs rebuild', null, null, null, '≥ 10× faster', `error: ${vr.error.split('\n')[0]}`]);
+} else if (vr?.rollback && vr.rebuild && vr.target) {
+  rows.push([
+    'vdisk rollback to mid ms (vs full rebuild ms)',
+    vr.rollback.ms,
+    vr.rebuild.ms,
+    fmtRatio(vr.target.rebuildOverRollback),
+    `≥ ${vr.target.target}× faster`,
+    `${vr.target.met ? 'met' : 'not met'}; checksums ${vr.checksumsMatch ? 'match' : 'MISMATCH'}`,
+  ]);
+  summary.vdiskRollback = { ...vr.target, checksumsMatch: vr.checksumsMatch };
 }
 printTable(`Summary${smoke ? ' (SMOKE: tiny runs, figures meaningless)' : ''}`, ['figure', 'measured', 'peer / target', 'ratio', 'target', 'status'], rows);
 printTable('Runs', ['benchmark', 'exit', 'seconds'], runs.map((r) => [r.name, r.code, r.seconds]));

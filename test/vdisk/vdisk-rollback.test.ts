@@ -301,6 +301,34 @@ t.test('a rollback of an open export disconnects its clients; reconnecting clien
   same(t, await e.nbdImage('w'), image(8 * MiB, [[0x11, 0, MiB], [0x22, 0, 64 * KiB]]), 'rolling forward brings back the write made just before the rollback');
 });
 
+t.test('a rollback while three fio jobs write at QD32: they are cut off, and no write lands after the rollback', { skip: toolsSkip(['fio']) }, async (t) => {
+  const e = await setup(t);
+  const SIZE = 32 * MiB;
+  await e.m.create('busy', SIZE);
+  const vd = await e.m.get('busy');
+  await vd.write(0, Buffer.alloc(SIZE, 0x11), true);
+  await e.m.snapshot('busy', 'calm');
+  const snapPos = (await e.history('busy')).at(-1)!.position;
+
+  const jobs = [0, 1, 2].map((j) =>
+    runAsync('fio', ['--name=storm', '--ioengine=nbd', `--uri=${e.uri('busy')}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', `--size=${SIZE}`, '--time_based', '--runtime=60', `--randseed=${j + 1}`], 90_000),
+  );
+  await waitFor(() => e.server.connections === 3, 30_000, 'three fio connections');
+  // Wait until each has written something (a few batches logged after the snapshot).
+  const writtenSince = async (): Promise<number> => (await e.history('busy')).filter((h) => h.position > snapPos && h.type === 'VdiskBlocksWritten').length;
+  await waitFor(async () => (await writtenSince()) >= 5, 30_000, 'fio writes to reach the log');
+
+  const r = await e.m.rollback('busy', { snapshot: 'calm' });
+  const results = await Promise.all(jobs);
+  for (const [j, res] of results.entries()) t.not(res.code, 0, `fio job ${j} lost its connection (${res.stderr.split('\n')[0]})`);
+  const after = (await e.history('busy')).filter((h) => h.position > r.position);
+  t.same(after.map((h) => h.type), [], 'nothing was appended after the rollback');
+  same(t, await e.exported('busy'), Buffer.alloc(SIZE, 0x11), 'the content is the snapshot');
+  // The writes fio made before the rollback are all in the history: rolling forward brings back a different disk.
+  await e.m.rollback('busy', { position: r.position - 1n });
+  t.not(sha(await e.exported('busy')), sha(Buffer.alloc(SIZE, 0x11)), "rolling forward restores fio's writes");
+});
+
 t.test('invalid rollbacks are refused, change nothing, and append nothing', { skip }, async (t) => {
   const e = await setup(t);
   await e.m.create('first', MiB);

@@ -7,12 +7,13 @@
 import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Tlog, initDataDir, isZosError } from '../../tlog/index.ts';
 import { NbdServer } from '../../nbd/index.ts';
 import { VdiskManager, type VdiskInfo } from '../../vdisk/index.ts';
+import { checkpointFile } from '../../vdisk/block-store.ts';
 import { tempDir } from '../helpers/tmp.ts';
 import { toolsSkip } from '../helpers/tools.ts';
 
@@ -261,12 +262,13 @@ for (const how of ['exit', 'kill'] as const) {
     else t.equal(r.code, 0, `the child exited: ${r.stderr}`);
     const reported = JSON.parse(r.stdout) as { sum: string; position: string; slots: number };
 
-    const view = join(h.dataDir, 'views', 'vdisk', 'crashy');
-    const ck = JSON.parse(readFileSync(join(view, 'checkpoint.json'), 'utf8')) as { slots: number; position: string };
-    t.ok(ck.slots < reported.slots, `the view's checkpoint (${ck.slots} slots) is behind what the child wrote (${reported.slots})`);
-    t.ok(statSync(join(view, 'blocks.dat')).size > ck.slots * (4096 + SLOT_OVERHEAD), 'blocks.dat holds bytes after its checkpoint');
-
     const m = await h.open();
+    const view = h.viewOf('crashy');
+    const { ck, problem } = checkpointFile.read(view, h.log.viewKey('vdisk\0crashy'));
+    t.equal(problem, null, 'the checkpoint the child left is readable');
+    t.ok(ck && ck.slots < reported.slots, `the view's checkpoint (${ck?.slots} slots) is behind what the child wrote (${reported.slots})`);
+    t.ok(statSync(join(view, 'blocks.dat')).size > (ck?.slots ?? 0) * (4096 + SLOT_OVERHEAD), 'blocks.dat holds bytes after its checkpoint');
+
     t.equal(await h.checksum('crashy'), reported.sum, 'the same content as the child exported');
     const info = await m.info('crashy');
     t.equal(String(info.position), reported.position, 'caught up to the same position');
@@ -371,10 +373,21 @@ t.test('moved ciphertexts are detected: each slot is bound to its block and its 
   t.ok((await v.read(4096, 512)).equals(Buffer.alloc(512, 0xc0)), 'block 8 itself reads');
 });
 
+/** Re-seal the view's checkpoint (under `key`) after changing it. */
+function editCheckpoint(dir: string, key: Buffer, edit: (ck: NonNullable<ReturnType<typeof checkpointFile.read>['ck']>) => void, sealWith = key): void {
+  const { ck, problem } = checkpointFile.read(dir, key);
+  if (!ck) throw new Error(`no readable checkpoint in ${dir}: ${problem}`);
+  edit(ck);
+  checkpointFile.write(dir, sealWith, ck);
+}
+
+const PREFIX = /rebuilding the block store of vdisk v from the log: /;
+const because = (why: string): RegExp => new RegExp(PREFIX.source + why);
+
 /** Damage a closed view in one way, reopen, and expect the content back and one warning with the reason. */
-const damages: Array<[string, (dir: string) => void, RegExp]> = [
-  ['a truncated history index', (dir) => truncateSync(join(dir, 'history.idx'), statSync(join(dir, 'history.idx')).size - 7), /rebuilding the block store of vdisk v from the log: it is shorter than its checkpoint/],
-  ['a truncated blocks file', (dir) => truncateSync(join(dir, 'blocks.dat'), 1000), /rebuilding the block store of vdisk v from the log: it is shorter than its checkpoint/],
+const damages: Array<[string, (dir: string, key: Buffer) => void, RegExp]> = [
+  ['a truncated history index', (dir) => truncateSync(join(dir, 'history.idx'), statSync(join(dir, 'history.idx')).size - 7), because('it is shorter than its checkpoint')],
+  ['a truncated blocks file', (dir) => truncateSync(join(dir, 'blocks.dat'), 1000), because('it is shorter than its checkpoint')],
   [
     'a history index with a record out of range',
     (dir) => {
@@ -382,46 +395,32 @@ const damages: Array<[string, (dir: string) => void, RegExp]> = [
       idx.writeBigUInt64LE(1n << 40n, RECORD_BYTES * 2);
       writeFileSync(join(dir, 'history.idx'), idx);
     },
-    /rebuilding the block store of vdisk v from the log: its history index is damaged at record 2/,
+    because('its history index is damaged at record 2'),
   ],
+  ['a checkpoint sealed under another key', (dir, key) => editCheckpoint(dir, key, () => undefined, randomBytes(32)), because('its checkpoint was written under another key, or altered')],
   [
-    'a checkpoint written under another key',
+    'a checkpoint altered without the key',
     (dir) => {
-      const ck = JSON.parse(readFileSync(join(dir, 'checkpoint.json'), 'utf8')) as Record<string, unknown>;
-      ck.keyCheck = '00'.repeat(16);
-      writeFileSync(join(dir, 'checkpoint.json'), JSON.stringify(ck));
+      const outer = JSON.parse(readFileSync(join(dir, 'checkpoint.json'), 'utf8')) as { sealed: string };
+      const sealed = Buffer.from(outer.sealed, 'base64');
+      sealed[5]! ^= 0x20;
+      outer.sealed = sealed.toString('base64');
+      writeFileSync(join(dir, 'checkpoint.json'), JSON.stringify(outer));
     },
-    /rebuilding the block store of vdisk v from the log: it was written under another key/,
+    because('its checkpoint was written under another key, or altered'),
   ],
-  [
-    'a checkpoint ahead of the log',
-    (dir) => {
-      const ck = JSON.parse(readFileSync(join(dir, 'checkpoint.json'), 'utf8')) as Record<string, unknown>;
-      ck.streamVersion = '1000';
-      writeFileSync(join(dir, 'checkpoint.json'), JSON.stringify(ck));
-    },
-    /rebuilding the block store of vdisk v from the log: it is ahead of the log/,
-  ],
+  ['a checkpoint ahead of the log', (dir, key) => editCheckpoint(dir, key, (ck) => void (ck.streamVersion = '1000')), because('it is ahead of the log')],
   [
     'an unsupported format version',
     (dir) => {
-      const ck = JSON.parse(readFileSync(join(dir, 'checkpoint.json'), 'utf8')) as Record<string, unknown>;
-      ck.version = 99;
-      writeFileSync(join(dir, 'checkpoint.json'), JSON.stringify(ck));
+      const outer = JSON.parse(readFileSync(join(dir, 'checkpoint.json'), 'utf8')) as Record<string, unknown>;
+      outer.version = 99;
+      writeFileSync(join(dir, 'checkpoint.json'), JSON.stringify(outer));
     },
-    /rebuilding the block store of vdisk v from the log: its format version is not supported/,
+    because('its format version 99 is not supported'),
   ],
-  ['a checkpoint that is not JSON', (dir) => writeFileSync(join(dir, 'checkpoint.json'), '{"format":"zos-vdisk-view",\0\0garbage'), /rebuilding the block store of vdisk v from the log/],
-  ['a missing checkpoint next to the data', (dir) => rmSync(join(dir, 'checkpoint.json')), /rebuilding the block store of vdisk v from the log/],
-  [
-    'a checkpoint whose geometry disagrees with the log',
-    (dir) => {
-      const ck = JSON.parse(readFileSync(join(dir, 'checkpoint.json'), 'utf8')) as Record<string, unknown>;
-      ck.size = (ck.size as number) * 2;
-      writeFileSync(join(dir, 'checkpoint.json'), JSON.stringify(ck));
-    },
-    /rebuilding the block store of vdisk v from the log/,
-  ],
+  ['a checkpoint that is not JSON', (dir) => writeFileSync(join(dir, 'checkpoint.json'), '{"format":"zos-vdisk-view",\0\0garbage'), because('its checkpoint is unreadable')],
+  ['a missing checkpoint next to the data', (dir) => rmSync(join(dir, 'checkpoint.json')), because('its checkpoint is missing')],
 ];
 
 for (const [what, damage, warning] of damages) {
@@ -432,8 +431,9 @@ for (const [what, damage, warning] of damages) {
     const sum = await h.checksum('v');
     const snapSum = await h.checksum('v', { snapshot: 'one' });
     const info = await h.m.info('v'); // after the exports: info() reports what the block store has applied, which lags a FUA write
+    const key = h.log.viewKey('vdisk\0v');
     await h.close();
-    damage(h.viewOf('v'));
+    damage(h.viewOf('v'), key);
     await h.open();
     t.equal(await h.checksum('v'), sum, 'same content');
     t.equal(await h.checksum('v', { snapshot: 'one' }), snapSum, 'same content at the snapshot');
@@ -442,6 +442,40 @@ for (const [what, damage, warning] of damages) {
     t.match(h.warnings[0] ?? '', warning);
   });
 }
+
+t.test("a view copied from another log (same master key, same vdisk name) is not taken for this vdisk's", async (t) => {
+  // Host A: vdisk v, 2 MiB, three writes of 0xaa. Host B: same key, vdisk v, 4 MiB, four writes of 0xbb.
+  const a = new Host(t);
+  await a.open();
+  await a.m.create('v', 2 * MiB);
+  for (let i = 0; i < 3; i++) await (await a.m.get('v')).write(i * 4096, Buffer.alloc(4096, 0xaa), true);
+  await a.close();
+
+  const b = new Host(t);
+  writeFileSync(join(b.dataDir, 'master.key'), readFileSync(join(a.dataDir, 'master.key')), { mode: 0o600 });
+  rmSync(join(b.dataDir, 'zos.json'));
+  initDataDir(b.dataDir);
+  await b.open();
+  await b.m.create('v', 4 * MiB);
+  for (let i = 0; i < 4; i++) await (await b.m.get('v')).write(MiB + i * 4096, Buffer.alloc(4096, 0xbb), true);
+  const expected = Buffer.alloc(4 * MiB);
+  expected.fill(0xbb, MiB, MiB + 4 * 4096);
+  const f = join(b.scratch, 'v.img');
+  await b.m.export('v', f);
+  t.ok(readFileSync(f).equals(expected), "B's vdisk before");
+  await b.close();
+
+  // An operator restores the wrong backup: A's view into B's data directory.
+  rmSync(b.viewOf('v'), { recursive: true, force: true });
+  mkdirSync(b.viewOf('v'), { recursive: true, mode: 0o700 });
+  for (const file of ['blocks.dat', 'history.idx', 'checkpoint.json']) writeFileSync(join(b.viewOf('v'), file), readFileSync(join(a.viewOf('v'), file)), { flag: 'w', mode: 0o600 });
+  await b.open();
+  const info = await b.m.info('v');
+  t.equal(info.size, 4 * MiB, "B's vdisk keeps its size");
+  await b.m.export('v', f);
+  t.ok(readFileSync(f).equals(expected), "B's vdisk keeps its content");
+  t.match(b.warnings, [PREFIX], 'and the foreign view is reported and rebuilt');
+});
 
 t.test('no plaintext at rest: block contents never reach the data directory unencrypted', { skip: toolsSkip(['nbdcopy']) }, async (t) => {
   const MARKER = 'ZOS-PLAINTEXT-MARKER';

@@ -24,6 +24,7 @@ import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import sodium from 'sodium-native';
 import { ZosError } from '../tlog/index.ts';
+import { StoreIo } from './store-io.ts';
 
 export const BLOCK_STORE_FORMAT_VERSION = 1;
 /** The slot value of a block that reads as zeroes (never written, zeroed or trimmed). */
@@ -129,6 +130,8 @@ export class BlockStore {
   readonly #key: Buffer;
   #data: FileHandle;
   #index: FileHandle;
+  /** Worker-thread I/O for seals and scattered reads (null: all on this thread). */
+  #io: StoreIo | null = null;
 
   // The block-history index, as columns.
   readonly #recBlock = new Column(1024);
@@ -201,6 +204,7 @@ export class BlockStore {
           return { store: fresh.store, rebuilt: problem };
         }
       }
+      store.#io = await StoreIo.open(join(dir, 'blocks.dat'), dir, key, geometry.blockSize, store.slotSize);
     } catch (err) {
       await store.close();
       throw err;
@@ -360,6 +364,15 @@ export class BlockStore {
    */
   async readSlots(blocks: ArrayLike<number>, slots: ArrayLike<number>, out: Buffer): Promise<void> {
     const n = blocks.length;
+    if (this.#io && n >= 8) {
+      // Many blocks: the preads and the decryption run on a worker thread.
+      const got = await this.#io.read(Float64Array.from(blocks), Float64Array.from(slots));
+      let skips = false;
+      for (let i = 0; i < n && !skips; i++) skips = slots[i] === SKIP;
+      if (!skips) got.copy(out, 0, 0, n * this.blockSize);
+      else for (let i = 0; i < n; i++) if (slots[i] !== SKIP) got.copy(out, i * this.blockSize, i * this.blockSize, (i + 1) * this.blockSize);
+      return;
+    }
     const reads: Promise<void>[] = [];
     for (let i = 0; i < n; ) {
       const s = slots[i]!;
@@ -459,7 +472,12 @@ export class BlockStore {
     const pos = Number(position);
     const firstRecord = this.#records;
     const n = blocks.length;
-    if (n > 0) {
+    if (n > 0 && this.#io) {
+      const firstSlot = this.#slots;
+      await this.#io.seal(Float64Array.from(blocks), firstSlot, data.length === n * this.blockSize ? data : data.subarray(0, n * this.blockSize));
+      this.#slots = firstSlot + n;
+      for (let i = 0; i < n; i++) this.#push(blocks[i]!, pos, firstSlot + i);
+    } else if (n > 0) {
       const bs = this.blockSize;
       const out = Buffer.allocUnsafe(n * this.slotSize);
       const nonces = Buffer.allocUnsafe(n * NONCE);
@@ -609,6 +627,8 @@ export class BlockStore {
 
   async close(): Promise<void> {
     if (this.#ckRunning) await this.#ckRunning.catch(() => undefined);
+    await this.#io?.close();
+    this.#io = null;
     await this.#data.close().catch(() => undefined);
     await this.#index.close().catch(() => undefined);
   }

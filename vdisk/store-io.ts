@@ -1,0 +1,117 @@
+/**
+ * A process-wide pool of worker threads for block-store I/O (store-worker.ts):
+ * sealing batches of new block versions and reading scattered slots. The main
+ * thread answers NBD requests; the crypto and the many small preads of a
+ * scattered read run beside it. Each store is opened on one worker, so its
+ * seals stay in order.
+ *
+ * ZOS_VDISK_IO_WORKERS=0 turns the pool off (everything on the main thread).
+ */
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { ZosError } from '../tlog/index.ts';
+
+interface Reply {
+  id: number;
+  ok: boolean;
+  data?: ArrayBuffer;
+  corrupt?: boolean;
+  message?: string;
+}
+
+class PoolWorker {
+  readonly worker: Worker;
+  readonly #pending = new Map<number, { resolve: (r: Reply) => void; reject: (e: Error) => void }>();
+  #next = 0;
+  #refs = 0;
+  dead: Error | null = null;
+
+  constructor() {
+    this.worker = new Worker(new URL('./store-worker.ts', import.meta.url));
+    this.worker.unref();
+    this.worker.on('message', (r: Reply) => {
+      const p = this.#pending.get(r.id);
+      if (!p) return;
+      this.#pending.delete(r.id);
+      this.#ref(-1);
+      p.resolve(r);
+    });
+    const fail = (err: Error): void => {
+      this.dead = err;
+      for (const p of this.#pending.values()) p.reject(err);
+      this.#pending.clear();
+    };
+    this.worker.on('error', fail);
+    this.worker.on('exit', (code) => fail(new Error(`block-store I/O worker exited (code ${code})`)));
+  }
+
+  /** Keep the process alive only while requests are pending. */
+  #ref(d: number): void {
+    this.#refs += d;
+    if (this.#refs === 1 && d > 0) this.worker.ref();
+    if (this.#refs === 0) this.worker.unref();
+  }
+
+  call(msg: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<Reply> {
+    if (this.dead) return Promise.reject(this.dead);
+    const id = this.#next++;
+    return new Promise<Reply>((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      this.#ref(1);
+      this.worker.postMessage({ ...msg, id }, transfer);
+    });
+  }
+}
+
+let pool: PoolWorker[] | null = null;
+let nextStore = 0;
+
+function workers(): PoolWorker[] {
+  if (!pool) {
+    const env = process.env.ZOS_VDISK_IO_WORKERS;
+    const n = env !== undefined && /^\d+$/.test(env) ? Number(env) : Math.min(4, Math.max(1, availableParallelism()));
+    pool = Array.from({ length: n }, () => new PoolWorker());
+  }
+  return pool.filter((w) => !w.dead);
+}
+
+const check = (r: Reply, what: string): Reply => {
+  if (r.ok) return r;
+  if (r.corrupt) throw new ZosError('VDISK_VIEW_CORRUPT', r.message ?? 'the block store is damaged; run "zos vdisk rebuild"');
+  throw new ZosError('TLOG_IO', `block store ${what} failed: ${r.message ?? 'unknown error'}`);
+};
+
+/** One store's handle on the pool; null from open() when the pool is off. */
+export class StoreIo {
+  readonly #w: PoolWorker;
+  readonly #id: number;
+
+  private constructor(w: PoolWorker, id: number) {
+    this.#w = w;
+    this.#id = id;
+  }
+
+  static async open(path: string, dir: string, key: Buffer, blockSize: number, slotSize: number): Promise<StoreIo | null> {
+    const ws = workers();
+    if (ws.length === 0) return null;
+    const id = nextStore++;
+    const w = ws[id % ws.length]!;
+    check(await w.call({ op: 'open', store: id, path, dir, key: new Uint8Array(key), blockSize, slotSize }), 'open');
+    return new StoreIo(w, id);
+  }
+
+  /** Plaintext of the given slots (ZERO and SKIP blocks read as zeroes). */
+  async read(blocks: Float64Array, slots: Float64Array): Promise<Buffer> {
+    const r = check(await this.#w.call({ op: 'read', store: this.#id, blocks, slots }), 'read');
+    return Buffer.from(r.data!);
+  }
+
+  /** Seal `data` (blocks.length whole blocks) into slots firstSlot… and write them. */
+  async seal(blocks: Float64Array, firstSlot: number, data: Buffer): Promise<void> {
+    check(await this.#w.call({ op: 'seal', store: this.#id, blocks, firstSlot, data }), 'write');
+  }
+
+  async close(): Promise<void> {
+    await this.#w.call({ op: 'close', store: this.#id }).catch(() => undefined);
+  }
+}

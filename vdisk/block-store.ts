@@ -53,8 +53,12 @@ interface CheckpointFile {
   /** Stream version and log position of the last event applied. */
   streamVersion: string;
   position: string;
-  /** Position of the event that created this incarnation of the vdisk. */
+  /** The event that created this incarnation of the vdisk: position, stream version, id. */
   createdPosition: string;
+  createdVersion: string;
+  createdEventId: string;
+  /** Id of the last event applied: ties the store to this log, not a copy of another. */
+  lastEventId: string;
   slots: number;
   records: number;
   snapshots: Array<{ name: string; position: string }>;
@@ -147,6 +151,10 @@ export class BlockStore {
   appliedVersion = -1n;
   appliedPosition = -1n;
   createdPosition = -1n;
+  createdVersion = -1n;
+  createdEventId = '';
+  /** Id of the last applied event (set by the caller after each apply). */
+  lastEventId = '';
   readonly snapshots: Snapshot[] = [];
 
   #checkpointed = { slots: 0, records: 0, version: -2n, at: 0 };
@@ -240,6 +248,9 @@ export class BlockStore {
     this.appliedVersion = BigInt(ck.streamVersion);
     this.appliedPosition = BigInt(ck.position);
     this.createdPosition = BigInt(ck.createdPosition);
+    this.createdVersion = BigInt(ck.createdVersion ?? '-1');
+    this.createdEventId = ck.createdEventId ?? '';
+    this.lastEventId = ck.lastEventId ?? '';
     for (const s of ck.snapshots) this.snapshots.push({ name: s.name, position: BigInt(s.position) });
     this.#checkpointed = { slots: ck.slots, records: ck.records, version: this.appliedVersion, at: Date.now() };
     return null;
@@ -459,8 +470,11 @@ export class BlockStore {
   }
 
   /** The vdisk was created (or cloned) by the event at `position`. */
-  applyCreated(position: bigint, version: bigint): void {
+  applyCreated(position: bigint, version: bigint, id: string): void {
     this.createdPosition = position;
+    this.createdVersion = version;
+    this.createdEventId = id;
+    this.lastEventId = id;
     this.#applied(position, version);
   }
 
@@ -543,6 +557,7 @@ export class BlockStore {
   async applyCopy(
     position: bigint,
     version: bigint,
+    id: string,
     blocks: number[],
     read: (blocks: number[], out: Buffer) => Promise<void>,
     onProgress?: (done: number, total: number) => void,
@@ -555,7 +570,7 @@ export class BlockStore {
       await this.applyWrite(position, version, part, buf, []);
       onProgress?.(Math.min(i + per, blocks.length), blocks.length);
     }
-    this.applyCreated(position, version);
+    this.applyCreated(position, version, id);
   }
 
   // ------------------------------------------------------------ durability of the cache
@@ -597,6 +612,9 @@ export class BlockStore {
       streamVersion: this.appliedVersion.toString(),
       position: this.appliedPosition.toString(),
       createdPosition: this.createdPosition.toString(),
+      createdVersion: this.createdVersion.toString(),
+      createdEventId: this.createdEventId,
+      lastEventId: this.lastEventId,
       slots: this.#slots,
       records: this.#records,
       snapshots: this.snapshots.map((s) => ({ name: s.name, position: s.position.toString() })),

@@ -10,7 +10,7 @@
  * One process at a time may hold a log's vdisk views (see host.ts); inside it,
  * operations on one vdisk are serialised.
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { open as openFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -83,6 +83,31 @@ export interface ManagerOptions {
   onWarning?: (message: string) => void;
 }
 
+/** Scratch views (past states built for a clone) of processes that died before removing them. */
+function removeStaleScratch(root: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(root);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const m = /^\.scratch-(\d+)-/.exec(n);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    let alive = pid === process.pid;
+    if (!alive) {
+      try {
+        process.kill(pid, 0);
+        alive = true;
+      } catch (err) {
+        alive = (err as NodeJS.ErrnoException).code === 'EPERM';
+      }
+    }
+    if (!alive) rmSync(join(root, n), { recursive: true, force: true });
+  }
+}
+
 export class VdiskManager implements ExportProvider {
   readonly log: Tlog;
   readonly #open = new Map<string, Vdisk>();
@@ -103,6 +128,7 @@ export class VdiskManager implements ExportProvider {
   static async open(log: Tlog, opts: ManagerOptions = {}): Promise<VdiskManager> {
     await registerVdiskSchemas(log);
     await log.registerSchema('VdiskNamed', 1, CATALOG_SCHEMA);
+    removeStaleScratch(log.viewDir('vdisk'));
     return new VdiskManager(log, opts);
   }
 
@@ -117,8 +143,13 @@ export class VdiskManager implements ExportProvider {
     }
   }
 
+  /** A vdisk's view directory (its block store): named by a keyed hash, so directory names do not show vdisk names. */
+  viewDir(name: string): string {
+    return this.#dir(name);
+  }
+
   #dir(name: string): string {
-    return this.log.viewDir(join('vdisk', name));
+    return this.log.viewDir(join('vdisk', this.log.viewKey(`vdisk-dir\0${name}`).toString('hex').slice(0, 32)));
   }
 
   async #refreshCatalog(): Promise<void> {
@@ -142,7 +173,7 @@ export class VdiskManager implements ExportProvider {
       return { store: open.store, release: async () => undefined };
     }
     // A past incarnation, or a vdisk not open here: build its state at `position` in a scratch view.
-    const dir = this.log.viewDir(join('vdisk', `.scratch-${randomBytes(6).toString('hex')}`));
+    const dir = this.log.viewDir(join('vdisk', `.scratch-${process.pid}-${randomBytes(6).toString('hex')}`));
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const vd = await Vdisk.open(this.log, name, dir, (n, p) => this.#resolveSource(n, p), { upTo: position });
     if (!vd) {
@@ -235,8 +266,11 @@ export class VdiskManager implements ExportProvider {
     };
   }
 
+  /** After every write so far is durable and applied. */
   async info(name: string): Promise<VdiskInfo> {
-    return this.#info(await this.get(name));
+    const vd = await this.get(name);
+    await vd.drain();
+    return this.#info(vd);
   }
 
   /** Every existing vdisk (each view is brought up to date). */

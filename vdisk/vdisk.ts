@@ -14,6 +14,7 @@
  * durable are dropped, as NBD allows for unflushed writes, and the manager
  * reopens the vdisk from the log for the next client.
  */
+import { randomUUID } from 'node:crypto';
 import { ZosError, isZosError, type RecordedEvent, type Tlog } from '../tlog/index.ts';
 import type { BlockDevice } from '../nbd/index.ts';
 import { BlockStore, SKIP, ZERO } from './block-store.ts';
@@ -153,6 +154,11 @@ export class Vdisk implements BlockDevice {
       } else if (store.appliedVersion < 0n) {
         await store.close();
         store = null;
+      } else if (!(await matchesLog(log, stream, store))) {
+        opts.onRebuild?.('it does not match this log (a view copied from another data directory, or a log restored from elsewhere)');
+        await store.close();
+        BlockStore.wipe(dir);
+        store = null;
       }
     }
     if (!store && opts.upTo === undefined) {
@@ -175,7 +181,7 @@ export class Vdisk implements BlockDevice {
             store = (await BlockStore.open(dir, { size: d.size, blockSize: d.blockSize }, key)).store;
             deleted = false;
             if (e.type === 'VdiskCloned') await copyFromSource(store, e, d as VdiskCloned, resolveSource, opts.progress);
-            else store.applyCreated(e.position, e.version);
+            else store.applyCreated(e.position, e.version, e.id);
             break;
           }
           case 'VdiskDeleted':
@@ -187,6 +193,7 @@ export class Vdisk implements BlockDevice {
           default:
             if (!store) throw new ZosError('TLOG_BAD_RECORD', `stream ${stream} has a ${e.type} at position ${e.position} before any VdiskCreated`);
             await applyRecorded(store, e);
+            store.lastEventId = e.id;
         }
         from = e.version + 1n;
         done++;
@@ -390,10 +397,11 @@ export class Vdisk implements BlockDevice {
     const expected = this.#version;
     this.#version += BigInt(events.length);
     this.#inflight++;
+    const ids = events.map(() => randomUUID());
     this.#log
       .appendToStream(
         this.stream,
-        events.map((data) => ({ type: 'VdiskBlocksWritten', data })),
+        events.map((data, i) => ({ type: 'VdiskBlocksWritten', data, id: ids[i]! })),
         { expectedVersion: expected < 0n ? 'no-stream' : expected },
       )
       .then(
@@ -406,6 +414,7 @@ export class Vdisk implements BlockDevice {
               for (let i = 0; i < events.length; i++) {
                 const e = events[i]!;
                 await this.#store.applyWrite(r.position + BigInt(i), r.firstVersion + BigInt(i), u64s(e.blocks), e.data, u64s(e.zeroRanges));
+                this.#store.lastEventId = ids[i]!;
               }
               this.#store.maybeCheckpoint();
             } catch (err) {
@@ -467,9 +476,10 @@ export class Vdisk implements BlockDevice {
     await this.drain();
     const expected = this.#version;
     this.#version += BigInt(events.length);
+    const withIds = events.map((e) => ({ ...e, id: randomUUID() }));
     let r;
     try {
-      r = await this.#log.appendToStream(this.stream, events, { expectedVersion: expected });
+      r = await this.#log.appendToStream(this.stream, withIds, { expectedVersion: expected });
     } catch (err) {
       // Whether it landed is unknown to later appends: stop, and reopen from the log.
       this.#fail(err as Error);
@@ -478,6 +488,7 @@ export class Vdisk implements BlockDevice {
     let result!: T;
     this.#applyChain = this.#applyChain.then(async () => {
       result = await apply(r.position, r.firstVersion);
+      this.#store.lastEventId = withIds[withIds.length - 1]!.id;
       await this.#store.checkpoint();
     });
     await this.#applyChain;
@@ -529,6 +540,24 @@ const u64s = (b: Buffer): number[] => {
   return out;
 };
 
+/** The event at `version` of the stream, or null. */
+async function eventAt(log: Tlog, stream: string, version: bigint): Promise<RecordedEvent | null> {
+  if (version < 0n) return null;
+  for await (const e of log.readStream(stream, { fromVersion: version, maxCount: 1 })) return e.version === version ? e : null;
+  return null;
+}
+
+/** Is this checkpointed store a view of this log's stream (same creation event, same last event)? */
+async function matchesLog(log: Tlog, stream: string, store: BlockStore): Promise<boolean> {
+  const created = await eventAt(log, stream, store.createdVersion);
+  if (!created || created.id !== store.createdEventId || created.position !== store.createdPosition) return false;
+  if (created.type !== 'VdiskCreated' && created.type !== 'VdiskCloned') return false;
+  const g = created.data as VdiskCreated;
+  if (g.size !== store.size || g.blockSize !== store.blockSize) return false;
+  const last = await eventAt(log, stream, store.appliedVersion);
+  return last !== null && last.id === store.lastEventId && last.position === store.appliedPosition;
+}
+
 /** Apply one recorded event (other than creation and deletion) to a store. */
 async function applyRecorded(store: BlockStore, e: RecordedEvent): Promise<void> {
   switch (e.type) {
@@ -562,7 +591,7 @@ async function copyFromSource(store: BlockStore, e: RecordedEvent, d: VdiskClone
     const slots = src.store.slotsAt(d.atPosition);
     const blocks: number[] = [];
     for (let b = 0; b < slots.length; b++) if (slots[b] !== ZERO) blocks.push(b);
-    await store.applyCopy(e.position, e.version, blocks, (part, out) => src.store.readSlots(part, part.map((b) => slots[b]!), out), progress && ((dn, t) => progress('clone', dn, t)));
+    await store.applyCopy(e.position, e.version, e.id, blocks, (part, out) => src.store.readSlots(part, part.map((b) => slots[b]!), out), progress && ((dn, t) => progress('clone', dn, t)));
   } finally {
     await src.release();
   }

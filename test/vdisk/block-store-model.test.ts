@@ -68,7 +68,7 @@ t.test('history index matches a naive replay at every position, and after reopen
       let { store } = await BlockStore.open(dir, geometry, key);
       const model = new Model();
       // Position 0: the creation.
-      store.applyCreated(0n, 0n);
+      store.applyCreated(0n, 0n, 'created');
       model.push();
       let pos = 0;
       try {
@@ -120,7 +120,7 @@ t.test('rollback cost follows the records after the target, not the history leng
   const dir = tempDir(t, 'zos-bs-cost-');
   const { store } = await BlockStore.open(dir, { size: 4096 * 1024, blockSize: 4096 }, key);
   t.teardown(() => store.close());
-  store.applyCreated(0n, 0n);
+  store.applyCreated(0n, 0n, 'created');
   const data = Buffer.alloc(4096, 7);
   let pos = 0;
   for (let i = 0; i < 2000; i++) {
@@ -145,7 +145,7 @@ t.test('rollback cost follows the records after the target, not the history leng
 t.test('a damaged store: bad slots fail authentication, bad files are rebuilt', async (t) => {
   const dir = tempDir(t, 'zos-bs-damage-');
   let { store } = await BlockStore.open(dir, geometry, key);
-  store.applyCreated(0n, 0n);
+  store.applyCreated(0n, 0n, 'created');
   await store.applyWrite(1n, 1n, [0, 1], Buffer.concat([blockOf(1, 0), blockOf(1, 1)]), []);
   await store.checkpoint();
   await store.close();
@@ -170,7 +170,7 @@ t.test('a damaged store: bad slots fail authentication, bad files are rebuilt', 
   // Records beyond the checkpoint (a crash before the next checkpoint) are cut.
   const dir2 = tempDir(t, 'zos-bs-tail-');
   store = (await BlockStore.open(dir2, geometry, key)).store;
-  store.applyCreated(0n, 0n);
+  store.applyCreated(0n, 0n, 'created');
   await store.applyWrite(1n, 1n, [3], blockOf(3, 3), []);
   await store.checkpoint();
   await store.close();
@@ -194,7 +194,7 @@ t.test('a damaged store: bad slots fail authentication, bad files are rebuilt', 
   // The checkpoint is sealed: nothing of it is plaintext, and an edit is caught.
   const dir3 = tempDir(t, 'zos-bs-seal-');
   store = (await BlockStore.open(dir3, geometry, key)).store;
-  store.applyCreated(0n, 0n);
+  store.applyCreated(0n, 0n, 'created');
   store.applyMarker(1n, 1n, 'SNAPSHOT-NAME-MARKER');
   await store.checkpoint();
   await store.close();

@@ -28,7 +28,6 @@ class PoolWorker {
 
   constructor() {
     this.worker = new Worker(new URL('./store-worker.ts', import.meta.url));
-    this.worker.unref();
     this.worker.on('message', (r: Reply) => {
       const p = this.#pending.get(r.id);
       if (!p) return;
@@ -43,6 +42,9 @@ class PoolWorker {
     };
     this.worker.on('error', fail);
     this.worker.on('exit', (code) => fail(new Error(`block-store I/O worker exited (code ${code})`)));
+    // After the listeners: adding a 'message' listener refs the worker's port again, and an idle
+    // worker of the pool (never called) would then keep one-shot CLI commands from exiting.
+    this.worker.unref();
   }
 
   /** Keep the process alive only while requests are pending. */

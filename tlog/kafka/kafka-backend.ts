@@ -286,10 +286,16 @@ export class KafkaBackend implements LogBackend {
   /** Every committed record from offset 0, without the table: what verify uses. */
   async *scanAll(): AsyncGenerator<Frame> {
     await this.#refresh();
+    // Everything this process knows is committed (its own appends included)
+    // must be read: a writer's last transaction becomes readable under
+    // read_committed only once its commit marker lands, a moment after the
+    // commit returned, so wait for it as #framesFromEntry does.
+    const head = this.#table.head;
     let offset = 0n;
     let expectPos = 0n;
+    let waitedMs = 0;
     for (;;) {
-      const r = await this.#reader!.fetch(offset, 0);
+      const r = await this.#reader!.fetch(offset, waitedMs === 0 ? 0 : 100);
       for (const rec of r.records) {
         const d = rec.value ? decodeFrame(rec.value) : null;
         if (!d || d.kind !== 'frame') {
@@ -302,6 +308,15 @@ export class KafkaBackend implements LogBackend {
       }
       const progressed = r.nextOffset > offset;
       offset = r.nextOffset;
+      if (expectPos < head) {
+        if (progressed) waitedMs = 0;
+        else if ((waitedMs += 100) > 10_000) {
+          throw new ZosError('TLOG_CORRUPT', `the log ends at position ${expectPos} (${this.topic} offset ${offset}), but entries up to position ${head} were committed: they are missing`, {
+            context: { position: expectPos },
+          });
+        }
+        continue;
+      }
       if (offset >= r.lastStableOffset || !progressed) return;
     }
   }

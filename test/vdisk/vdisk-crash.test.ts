@@ -183,7 +183,8 @@ t.test('kill -9 during writes: every flushed write survives, the log verifies, r
     t.teardown(() => c.destroy());
     const conn = new Conn(c);
     // fio: 4k random writes at QD16 on the disk's last part, until the server dies under it.
-    const fio: ChildProcess = spawn('fio', ['--name=load', '--ioengine=nbd', `--uri=${serve.uri('crash')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16',
+    // --thread: one process (fio forks a process per job by default, and a SIGKILL of the parent leaves the job spinning on the dead server).
+    const fio: ChildProcess = spawn('fio', ['--name=load', '--thread', '--ioengine=nbd', `--uri=${serve.uri('crash')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16',
       `--offset=${AREA}`, `--size=${DISK - AREA}`, '--time_based', '--runtime=120', '--rate_iops=4000'], { stdio: 'ignore' });
     t.teardown(() => void fio.kill('SIGKILL'));
     const fioDone = new Promise<void>((res) => fio.on('close', () => res()));

@@ -4,8 +4,9 @@
  * Write path: an NBD WRITE lands in an in-memory overlay (block → newest
  * content) and is answered at once; reads see it there. In the background the
  * overlay's new blocks are cut into VdiskBlocksWritten events and appended to
- * the vdisk's stream (at most two appends in flight, so writes arriving during
- * one append ride in the next). Once an append is durable the blocks are sealed
+ * the vdisk's stream (full batches pipelined; a partial batch only when the
+ * log is idle or a FLUSH waits, so writes arriving during one append ride in
+ * the next). Once an append is durable the blocks are sealed
  * into the block store and leave the overlay. FLUSH and FUA are answered only
  * after the append holding every earlier write has resolved — the log has
  * fdatasync'ed (file) or replicated (Kafka) them.
@@ -37,7 +38,15 @@ const EVENT_DATA_BYTES = 1 << 20;
 const APPEND_DATA_BYTES = 2 << 20;
 /** Overlay bytes (unlogged + logging) above which writes wait. */
 const OVERLAY_LIMIT = 16 << 20;
-const MAX_APPENDS_IN_FLIGHT = 2;
+/**
+ * Appends in flight: full batches go out while fewer than this many are in
+ * flight, so the log's group commit can put several into one fdatasync (the
+ * overlay limit bounds their bytes). A partial batch goes out only when no
+ * append is in flight or a FLUSH/FUA/drain waits for it: under light load a
+ * write is logged at once, under load the next batch grows while the log works
+ * (fewer, larger entries: less CPU per write).
+ */
+const MAX_APPENDS_IN_FLIGHT = 6;
 const ZERO_ENTRY_COST = 64;
 
 interface OverlayEntry {
@@ -348,8 +357,15 @@ export class Vdisk implements BlockDevice {
 
   // ------------------------------------------------------------ the log pipeline
 
+  /** Does a FLUSH, FUA or drain wait for writes not yet in a batch? */
+  #awaited(): boolean {
+    for (const w of this.#waiters) if (w.seq > this.#cutSeq) return true;
+    return false;
+  }
+
   #kick(): void {
     if (this.#cutScheduled || this.#pending.size === 0 || this.#inflight >= MAX_APPENDS_IN_FLIGHT || this.#failed) return;
+    if (this.#inflight > 0 && this.#pending.size * this.blockSize < APPEND_DATA_BYTES && !this.#awaited()) return;
     this.#cutScheduled = true;
     setImmediate(() => {
       this.#cutScheduled = false;

@@ -14,7 +14,7 @@ import { openEntryBody, sealEntry, toRecordedEvents } from './sealer.ts';
 import { randomEventId, uuidToBytes, type EventEnvelope } from './record.ts';
 import { nowNs } from './clock.ts';
 import { FileBackend } from './file/file-backend.ts';
-import { KafkaBackend, type KafkaBackendOptions } from './kafka/kafka-backend.ts';
+import type { KafkaBackend, KafkaBackendOptions } from './kafka/kafka-backend.ts';
 import { isKafkaUrl, parseKafkaUrl } from './kafka/kafka-url.ts';
 import type { BackendStats, LogBackend } from './backend.ts';
 import {
@@ -206,6 +206,8 @@ export class Tlog {
     if (where !== undefined && where !== '' && where !== 'file') {
       if (!isKafkaUrl(where)) throw new ZosError('TLOG_INVALID_ARGUMENT', `unknown log "${where}": use kafka://host:port[,host:port]/PREFIX, or leave --log / ZOS_LOG unset for the embedded file log`);
       const address = parseKafkaUrl(where);
+      // Loaded on demand: kafkajs and the backend cost ~40 MiB of memory that the file log never needs.
+      const { KafkaBackend } = await import('./kafka/kafka-backend.ts');
       backend = await KafkaBackend.open({ address, signer: keys, readOnly: opts.readOnly ?? false, ...kafkaSecurityFromEnv() });
       viewRoot = join(opts.dataDir, 'views', `kafka-${address.prefix}`);
     } else {

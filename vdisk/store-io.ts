@@ -65,16 +65,29 @@ class PoolWorker {
   }
 }
 
-let pool: PoolWorker[] | null = null;
+const pool: PoolWorker[] = [];
 let nextStore = 0;
 
-function workers(): PoolWorker[] {
-  if (!pool) {
-    const env = process.env.ZOS_VDISK_IO_WORKERS;
-    const n = env !== undefined && /^\d+$/.test(env) ? Number(env) : Math.min(4, Math.max(1, availableParallelism()));
-    pool = Array.from({ length: n }, () => new PoolWorker());
+function poolSize(): number {
+  const env = process.env.ZOS_VDISK_IO_WORKERS;
+  return env !== undefined && /^\d+$/.test(env) ? Number(env) : Math.min(4, Math.max(1, availableParallelism()));
+}
+
+/**
+ * The worker for the next store. Workers start as stores open (one store, one
+ * worker: each costs a V8 isolate, ~20-30 MiB), up to the pool's size; dead
+ * ones are replaced. null when the pool is off.
+ */
+function workerFor(id: number): PoolWorker | null {
+  const size = poolSize();
+  if (size === 0) return null;
+  for (let i = pool.length - 1; i >= 0; i--) if (pool[i]!.dead) pool.splice(i, 1);
+  if (pool.length < size) {
+    const w = new PoolWorker();
+    pool.push(w);
+    return w;
   }
-  return pool.filter((w) => !w.dead);
+  return pool[id % pool.length]!;
 }
 
 const check = (r: Reply, what: string): Reply => {
@@ -94,10 +107,9 @@ export class StoreIo {
   }
 
   static async open(path: string, dir: string, key: Buffer, blockSize: number, slotSize: number): Promise<StoreIo | null> {
-    const ws = workers();
-    if (ws.length === 0) return null;
     const id = nextStore++;
-    const w = ws[id % ws.length]!;
+    const w = workerFor(id);
+    if (!w) return null;
     check(await w.call({ op: 'open', store: id, path, dir, key: new Uint8Array(key), blockSize, slotSize }), 'open');
     return new StoreIo(w, id);
   }

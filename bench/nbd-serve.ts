@@ -25,14 +25,13 @@ import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { MemoryBlockDevice, NbdServer, type BlockDevice, type ExportProvider } from '../nbd/index.ts';
 import { Tlog, initDataDir } from '../tlog/index.ts';
 import { VdiskManager } from '../vdisk/index.ts';
 import { FileBlockDevice } from './file-block-device.ts';
 
-// Same V8 setting as zos vdisk serve (cli/vdisk.ts): small semi-spaces keep the RSS down.
-setFlagsFromString('--max-semi-space-size=8');
+// bench/nbd.ts starts this process with zos vdisk serve's V8 flags and malloc settings (cli/serve-process.ts).
 
 const { values } = parseArgs({
   options: {

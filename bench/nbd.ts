@@ -63,6 +63,7 @@ import {
   writeResult,
   type Cell,
 } from './lib.ts';
+import { SERVE_ENV, SERVE_NODE_FLAGS } from '../cli/serve-process.ts';
 
 const execFileP = promisify(execFile);
 const CLK_TCK = 100;
@@ -285,6 +286,8 @@ async function startExternal(id: ContenderId, cmd: string, argv: (port: number) 
 async function startZos(id: ContenderId, backing: { file: string } | { vdisk: string } | null): Promise<Server> {
   const a = [
     '--disable-warning=ExperimentalWarning',
+    // Started like zos vdisk serve (cli/serve-process.ts): its V8 flags and malloc settings.
+    ...SERVE_NODE_FLAGS,
     join(BENCH_DIR, 'nbd-serve.ts'),
     '--size',
     String(deviceBytes),
@@ -293,7 +296,7 @@ async function startZos(id: ContenderId, backing: { file: string } | { vdisk: st
     ...(backing && 'file' in backing ? ['--file', backing.file] : []),
     ...(backing && 'vdisk' in backing ? ['--vdisk', backing.vdisk] : []),
   ];
-  const child = spawn(process.execPath, a, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, a, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...SERVE_ENV, ...process.env } });
   children.add(child);
   const stderr = keepTail(child);
   const lines = createInterface({ input: child.stdout! });

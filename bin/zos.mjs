@@ -18,6 +18,9 @@ if (major < 24) {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => child.kill(sig));
   child.on('exit', (code, signal) => process.exit(code ?? (signal ? 128 + (signal === 'SIGINT' ? 2 : 15) : 1)));
 } else {
+  // `vdisk serve` re-executes itself (same pid) with its runtime settings: cli/serve-process.ts.
+  const { execTunedServe } = await import('../cli/serve-process.ts');
+  execTunedServe(fileURLToPath(import.meta.url), process.argv.slice(2));
   const { run } = await import('../cli/main.ts');
   await run(process.argv.slice(2));
 }

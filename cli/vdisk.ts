@@ -6,7 +6,6 @@
  * this process takes the lock for the duration of the command.
  */
 import { resolve } from 'node:path';
-import v8 from 'node:v8';
 import { ZosError, isZosError, readDataDirMeta } from '../tlog/index.ts';
 import { NbdServer } from '../nbd/index.ts';
 import { VdiskHost, VdiskManager, callVdiskHost, dispatchVdiskOp, type HistoryEntry, type OpSink, type VdiskInfo, type VdiskOp } from '../vdisk/index.ts';
@@ -207,10 +206,7 @@ function needName(positionals: string[], n: number, help: string, what = 'NAME')
 }
 
 async function cmdServe(g: Globals, out: Out, args: string[]): Promise<number> {
-  // A long-running server: V8's young generation otherwise grows to ~100 MiB
-  // under NBD traffic; 8 MiB semi-spaces keep the RSS down at a small cost in
-  // scavenges (bench/nbd.ts measures both).
-  v8.setFlagsFromString('--max-semi-space-size=8');
+  // Its V8 and malloc settings are applied at start-up by bin/zos.mjs (cli/serve-process.ts).
   const { values } = parseCommand(args, { listen: { type: 'string' } }, VDISK_HELP.serve!);
   if (values.help) return (out.line(VDISK_HELP.serve!), 0);
   const listen = str(values.listen) ?? '127.0.0.1:10809';

@@ -311,3 +311,16 @@ t.test('serve without --json: human lines, SIGTERM prints "stopped"', async (t) 
   t.equal(code, 0);
   t.match(serve.stdout(), /\nstopped; every write is durable in the log\n$/);
 });
+
+t.test('serve runs with its V8 and malloc settings, in the process that was started (execve keeps the pid)', async (t) => {
+  const dir = tempDir(t, 'zos-vdisk-cli-');
+  t.equal((await zos(dir, ['init'])).code, 0);
+  const serve = await startServe(t, dir);
+  t.equal(serve.pid, serve.proc.pid, 'the pid in the listening line is the pid that was spawned');
+  const cmdline = readFileSync(`/proc/${serve.pid}/cmdline`, 'utf8').split('\0');
+  t.ok(cmdline.includes('--max-semi-space-size=8'), `V8 flag on its command line: ${cmdline.join(' ')}`);
+  const environ = readFileSync(`/proc/${serve.pid}/environ`, 'utf8').split('\0');
+  t.ok(environ.includes('MALLOC_MMAP_THRESHOLD_=1048576') && environ.includes('MALLOC_ARENA_MAX=2'), 'malloc settings in its environment');
+  const { code } = await serve.stop();
+  t.equal(code, 0, 'SIGTERM stops it cleanly');
+});

@@ -414,6 +414,17 @@ export class BlockStore {
   /** Slots read by the synchronous path (decrypted before anything else runs). */
   readonly #scratch = Buffer.allocUnsafe(8 * (65536 + NONCE + TAG));
 
+  /**
+   * The content of blocks by slot (no SKIP) as a new buffer, blockSize bytes
+   * each: what a worker read is returned as it is, not copied.
+   */
+  async readSlotsNew(blocks: Float64Array, slots: Float64Array): Promise<Buffer> {
+    if (this.#io && blocks.length >= 8) return this.#io.read(blocks, slots);
+    const out = Buffer.allocUnsafe(blocks.length * this.blockSize);
+    await this.readSlots(blocks, slots, out);
+    return out;
+  }
+
   /** Current content of `count` blocks from `first`. */
   async readBlocks(first: number, count: number, out: Buffer = Buffer.allocUnsafe(count * this.blockSize)): Promise<Buffer> {
     const blocks = new Float64Array(count);
@@ -482,14 +493,15 @@ export class BlockStore {
   /**
    * Apply a VdiskBlocksWritten at `position`: seal each data block into a new
    * slot (one write for the batch), record zeroed blocks that were not zero.
+   * `give`: the caller hands `data` over (it may be moved to the I/O worker).
    */
-  async applyWrite(position: bigint, version: bigint, blocks: ArrayLike<number>, data: Buffer, zeroRanges: ArrayLike<number>): Promise<void> {
+  async applyWrite(position: bigint, version: bigint, blocks: ArrayLike<number>, data: Buffer, zeroRanges: ArrayLike<number>, give = false): Promise<void> {
     const pos = Number(position);
     const firstRecord = this.#records;
     const n = blocks.length;
     if (n > 0 && this.#io) {
       const firstSlot = this.#slots;
-      await this.#io.seal(Float64Array.from(blocks), firstSlot, data.length === n * this.blockSize ? data : data.subarray(0, n * this.blockSize));
+      await this.#io.seal(Float64Array.from(blocks), firstSlot, data.length === n * this.blockSize ? data : data.subarray(0, n * this.blockSize), give);
       this.#slots = firstSlot + n;
       for (let i = 0; i < n; i++) this.#push(blocks[i]!, pos, firstSlot + i);
     } else if (n > 0) {
@@ -568,7 +580,7 @@ export class BlockStore {
       const part = blocks.slice(i, i + per);
       const buf = Buffer.allocUnsafe(part.length * this.blockSize);
       await read(part, buf);
-      await this.applyWrite(position, version, part, buf, []);
+      await this.applyWrite(position, version, part, buf, [], true);
       onProgress?.(Math.min(i + per, blocks.length), blocks.length);
     }
     this.applyCreated(position, version, id);

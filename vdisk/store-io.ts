@@ -120,9 +120,14 @@ export class StoreIo {
     return Buffer.from(r.data!);
   }
 
-  /** Seal `data` (blocks.length whole blocks) into slots firstSlot… and write them. */
-  async seal(blocks: Float64Array, firstSlot: number, data: Buffer): Promise<void> {
-    check(await this.#w.call({ op: 'seal', store: this.#id, blocks, firstSlot, data }), 'write');
+  /**
+   * Seal `data` (blocks.length whole blocks) into slots firstSlot… and write
+   * them. With `give`, a `data` that spans its whole ArrayBuffer is moved to the
+   * worker, not copied: the caller must not use it afterwards.
+   */
+  async seal(blocks: Float64Array, firstSlot: number, data: Buffer, give = false): Promise<void> {
+    const movable = give && data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
+    check(await this.#w.call({ op: 'seal', store: this.#id, blocks, firstSlot, data }, movable ? [data.buffer as ArrayBuffer, blocks.buffer as ArrayBuffer] : [blocks.buffer as ArrayBuffer]), 'write');
   }
 
   async close(): Promise<void> {

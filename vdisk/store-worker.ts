@@ -69,12 +69,17 @@ function read(s: StoreState, blocks: Float64Array, slots: Float64Array): ArrayBu
     }
     i = j;
   }
-  return out.buffer.slice(out.byteOffset, out.byteOffset + out.length) as ArrayBuffer;
+  // Buffer.alloc of more than half a pool has an ArrayBuffer of its own: move it, do not copy it.
+  return out.byteOffset === 0 && out.length === out.buffer.byteLength ? (out.buffer as ArrayBuffer) : (out.buffer.slice(out.byteOffset, out.byteOffset + out.length) as ArrayBuffer);
 }
+
+/** Sealed slots are built here and written before the next message: one buffer, reused. */
+let sealed = Buffer.allocUnsafe(0);
 
 function seal(s: StoreState, blocks: Float64Array, firstSlot: number, data: Buffer): void {
   const n = blocks.length;
-  const out = Buffer.allocUnsafe(n * s.slotSize);
+  if (sealed.length < n * s.slotSize) sealed = Buffer.allocUnsafe(Math.max(n * s.slotSize, Math.min(2 * sealed.length, 4 << 20)));
+  const out = sealed.subarray(0, n * s.slotSize);
   for (let i = 0; i < n; i++) {
     const o = i * s.slotSize;
     sodium.randombytes_buf(out.subarray(o, o + NONCE));

@@ -46,7 +46,7 @@ const OVERLAY_LIMIT = 16 << 20;
  * write is logged at once, under load the next batch grows while the log works
  * (fewer, larger entries: less CPU per write).
  */
-const MAX_APPENDS_IN_FLIGHT = 6;
+const MAX_APPENDS_IN_FLIGHT = 4;
 const ZERO_ENTRY_COST = 64;
 
 interface OverlayEntry {
@@ -280,20 +280,30 @@ export class Vdisk implements BlockDevice {
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
     const count = last - first + 1;
-    const out = Buffer.allocUnsafe(count * bs);
     const blocks = new Float64Array(count);
     const slots = new Float64Array(count);
+    let overlaid = false;
     for (let i = 0; i < count; i++) {
       const b = first + i;
       blocks[i] = b;
-      const o = this.#overlay.get(b);
+      const o = this.#overlay.size === 0 ? undefined : this.#overlay.get(b);
       if (o) {
         slots[i] = SKIP;
-        if (o.data) o.data.copy(out, i * bs);
-        else out.fill(0, i * bs, (i + 1) * bs);
+        overlaid = true;
       } else slots[i] = this.#store.slotOf(b);
     }
-    await this.#store.readSlots(blocks, slots, out);
+    let out: Buffer;
+    if (!overlaid) out = await this.#store.readSlotsNew(blocks, slots); // no copy of what a worker read
+    else {
+      out = Buffer.allocUnsafe(count * bs);
+      for (let i = 0; i < count; i++) {
+        if (slots[i] !== SKIP) continue;
+        const o = this.#overlay.get(first + i)!;
+        if (o.data) o.data.copy(out, i * bs);
+        else out.fill(0, i * bs, (i + 1) * bs);
+      }
+      await this.#store.readSlots(blocks, slots, out);
+    }
     const start = offset - first * bs;
     return start === 0 && length === out.length ? out : out.subarray(start, start + length);
   }
@@ -429,7 +439,8 @@ export class Vdisk implements BlockDevice {
             try {
               for (let i = 0; i < events.length; i++) {
                 const e = events[i]!;
-                await this.#store.applyWrite(r.position + BigInt(i), r.firstVersion + BigInt(i), u64s(e.blocks), e.data, u64s(e.zeroRanges));
+                // The event's data buffer is ours and not needed after this: hand it over.
+                await this.#store.applyWrite(r.position + BigInt(i), r.firstVersion + BigInt(i), u64s(e.blocks), e.data, u64s(e.zeroRanges), true);
                 this.#store.lastEventId = ids[i]!;
               }
               this.#store.maybeCheckpoint();

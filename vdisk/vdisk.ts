@@ -37,7 +37,7 @@ const EVENT_DATA_BYTES = 1 << 20;
 /** Data per append: bounds the copies an append makes on its way (payload, seal, store). */
 const APPEND_DATA_BYTES = 2 << 20;
 /** Overlay bytes (unlogged + logging) above which writes wait. */
-const OVERLAY_LIMIT = 16 << 20;
+const OVERLAY_LIMIT = 8 << 20;
 /**
  * Appends in flight: full batches go out while fewer than this many are in
  * flight, so the log's group commit can put several into one fdatasync (the
@@ -46,7 +46,7 @@ const OVERLAY_LIMIT = 16 << 20;
  * write is logged at once, under load the next batch grows while the log works
  * (fewer, larger entries: less CPU per write).
  */
-const MAX_APPENDS_IN_FLIGHT = 4;
+const MAX_APPENDS_IN_FLIGHT = 3;
 const ZERO_ENTRY_COST = 64;
 
 interface OverlayEntry {

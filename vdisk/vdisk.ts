@@ -4,9 +4,9 @@
  * Write path: an NBD WRITE lands in an in-memory overlay (block → newest
  * content) and is answered at once; reads see it there. In the background the
  * overlay's new blocks are cut into VdiskBlocksWritten events and appended to
- * the vdisk's stream (full batches pipelined; a partial batch only when the
- * log is idle or a FLUSH waits, so writes arriving during one append ride in
- * the next). Once an append is durable the blocks are sealed
+ * the vdisk's stream (full batches pipelined; a partial batch when a FLUSH or
+ * FUA waits for it, or a few milliseconds after the log became idle, so writes
+ * arriving meanwhile ride in the same append). Once an append is durable the blocks are sealed
  * into the block store and leave the overlay. FLUSH and FUA are answered only
  * after the append holding every earlier write has resolved — the log has
  * fdatasync'ed (file) or replicated (Kafka) them.
@@ -41,13 +41,16 @@ const OVERLAY_LIMIT = 8 << 20;
 /**
  * Appends in flight: full batches go out while fewer than this many are in
  * flight, so the log's group commit can put several into one fdatasync (the
- * overlay limit bounds their bytes). A partial batch goes out only when no
- * append is in flight or a FLUSH/FUA/drain waits for it: under light load a
- * write is logged at once, under load the next batch grows while the log works
- * (fewer, larger entries: less CPU per write).
+ * overlay limit bounds their bytes). A partial batch goes out at once when a
+ * FLUSH/FUA/drain waits for it, otherwise PARTIAL_CUT_DELAY_MS after the log
+ * became idle: writes not yet flushed may wait (NBD's contract), and batches
+ * that grow meanwhile mean fewer, larger entries and fdatasyncs per write.
  */
 const MAX_APPENDS_IN_FLIGHT = 3;
+/** How long a partial batch nobody waits for may grow before it is appended anyway. */
+const PARTIAL_CUT_DELAY_MS = 5;
 const ZERO_ENTRY_COST = 64;
+const SLAB_BYTES = 512 << 10;
 
 interface OverlayEntry {
   /** null: the block reads as zeroes. */
@@ -88,6 +91,9 @@ export class Vdisk implements BlockDevice {
   #durableSeq = 0;
   #inflight = 0;
   #cutScheduled = false;
+  #cutTimer: NodeJS.Timeout | null = null;
+  #slab = Buffer.alloc(0);
+  #slabAt = 0;
   /** Writes up to this seq are in batches already cut (appending or appended). */
   #cutSeq = 0;
   #waiters: Waiter[] = [];
@@ -238,6 +244,24 @@ export class Vdisk implements BlockDevice {
     return this.#store.readBlockSync(block);
   }
 
+  /**
+   * A copy of `data` carved from a 512 KiB slab: one ArrayBuffer per 128 small
+   * writes instead of one each (4 KiB copies do not fit Node's Buffer pool),
+   * so fewer objects and external bytes for the GC to track. Overlay blocks
+   * leave in about the order they came, so slabs are freed as a whole soon.
+   */
+  #copy(data: Buffer): Buffer {
+    if (data.length > SLAB_BYTES / 8) return Buffer.from(data);
+    if (this.#slabAt + data.length > this.#slab.length) {
+      this.#slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.#slabAt = 0;
+    }
+    const own = this.#slab.subarray(this.#slabAt, this.#slabAt + data.length);
+    this.#slabAt += data.length;
+    data.copy(own);
+    return own;
+  }
+
   #put(block: number, data: Buffer | null): void {
     const entry: OverlayEntry = { data };
     const old = this.#overlay.get(block);
@@ -314,7 +338,7 @@ export class Vdisk implements BlockDevice {
     const bs = this.blockSize;
     this.#inRange(offset, data.length, 'write');
     // Blocks stay in the overlay until logged, and the caller may reuse its buffer: one copy.
-    const own = Buffer.from(data);
+    const own = this.#copy(data);
     this.#edit(
       offset,
       own.length,
@@ -375,7 +399,27 @@ export class Vdisk implements BlockDevice {
 
   #kick(): void {
     if (this.#cutScheduled || this.#pending.size === 0 || this.#inflight >= MAX_APPENDS_IN_FLIGHT || this.#failed) return;
-    if (this.#inflight > 0 && this.#pending.size * this.blockSize < APPEND_DATA_BYTES && !this.#awaited()) return;
+    if (this.#pending.size * this.blockSize < APPEND_DATA_BYTES && !this.#awaited()) {
+      // A partial batch nobody waits for: NBD lets unflushed writes wait, so let
+      // it grow for up to PARTIAL_CUT_DELAY_MS (fewer entries and fdatasyncs per write).
+      if (this.#inflight === 0 && !this.#cutTimer) {
+        this.#cutTimer = setTimeout(() => {
+          this.#cutTimer = null;
+          this.#cutNow();
+        }, PARTIAL_CUT_DELAY_MS);
+      }
+      return;
+    }
+    this.#cutNow();
+  }
+
+  /** Cut at the next turn of the event loop, whatever the batch's size. */
+  #cutNow(): void {
+    if (this.#cutTimer) {
+      clearTimeout(this.#cutTimer);
+      this.#cutTimer = null;
+    }
+    if (this.#cutScheduled || this.#pending.size === 0 || this.#inflight >= MAX_APPENDS_IN_FLIGHT || this.#failed) return;
     this.#cutScheduled = true;
     setImmediate(() => {
       this.#cutScheduled = false;
@@ -554,6 +598,8 @@ export class Vdisk implements BlockDevice {
       if (!this.#failed) await this.drain();
     } finally {
       this.#closed = true;
+      if (this.#cutTimer) clearTimeout(this.#cutTimer);
+      this.#cutTimer = null;
       await this.#applyChain.catch(() => undefined);
       if (!this.#failed) await this.#store.checkpoint().catch(() => undefined);
       await this.#store.close();

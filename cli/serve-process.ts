@@ -38,5 +38,10 @@ export function execTunedServe(entry: string, args: readonly string[]): void {
   if (!isServeCommand(args) || process.env[SERVE_TUNED_ENV] === '1') return;
   const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
   if (typeof execve !== 'function') return;
-  execve(process.execPath, [process.execPath, ...process.execArgv, ...SERVE_NODE_FLAGS, entry, ...args], { ...SERVE_ENV, ...process.env, [SERVE_TUNED_ENV]: '1' });
+  try {
+    execve(process.execPath, [process.execPath, ...process.execArgv, ...SERVE_NODE_FLAGS, entry, ...args], { ...SERVE_ENV, ...process.env, [SERVE_TUNED_ENV]: '1' });
+  } catch (err) {
+    // Serving with Node's defaults beats not serving: say so and go on.
+    process.stderr.write(`zos: could not restart with the server's memory settings (${(err as Error).message}); serving with Node's defaults\n`);
+  }
 }

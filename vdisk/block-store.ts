@@ -34,6 +34,8 @@ export const SKIP = -2;
 const NONCE = 24;
 const TAG = 16;
 const RECORD_BYTES = 24;
+/** Reads of this many blocks or more go to the I/O worker; fewer are read here (synchronous pread). */
+const WORKER_READ_BLOCKS = 8;
 const HEAD_CHUNK = 65536;
 
 export interface Snapshot {
@@ -377,7 +379,7 @@ export class BlockStore {
    */
   async readSlots(blocks: ArrayLike<number>, slots: ArrayLike<number>, out: Buffer): Promise<void> {
     const n = blocks.length;
-    if (this.#io && n >= 8) {
+    if (this.#io && n >= WORKER_READ_BLOCKS) {
       // Many blocks: the preads and the decryption run on a worker thread.
       const got = await this.#io.read(Float64Array.from(blocks), Float64Array.from(slots));
       let skips = false;
@@ -412,14 +414,14 @@ export class BlockStore {
   }
 
   /** Slots read by the synchronous path (decrypted before anything else runs). */
-  readonly #scratch = Buffer.allocUnsafe(8 * (65536 + NONCE + TAG));
+  readonly #scratch = Buffer.allocUnsafe(WORKER_READ_BLOCKS * (65536 + NONCE + TAG));
 
   /**
    * The content of blocks by slot (no SKIP) as a new buffer, blockSize bytes
    * each: what a worker read is returned as it is, not copied.
    */
   async readSlotsNew(blocks: Float64Array, slots: Float64Array): Promise<Buffer> {
-    if (this.#io && blocks.length >= 8) return this.#io.read(blocks, slots);
+    if (this.#io && blocks.length >= WORKER_READ_BLOCKS) return this.#io.read(blocks, slots);
     const out = Buffer.allocUnsafe(blocks.length * this.blockSize);
     await this.readSlots(blocks, slots, out);
     return out;

@@ -6,8 +6,8 @@
  * overlay's new blocks are cut into VdiskBlocksWritten events and appended to
  * the vdisk's stream (full batches pipelined; a partial batch when a FLUSH or
  * FUA waits for it, or a few milliseconds after the log became idle, so writes
- * arriving meanwhile ride in the same append). Once an append is durable the blocks are sealed
- * into the block store and leave the overlay. FLUSH and FUA are answered only
+ * arriving meanwhile ride in the same append). Once an append is durable the
+ * blocks are sealed into the block store and leave the overlay. FLUSH and FUA are answered only
  * after the append holding every earlier write has resolved — the log has
  * fdatasync'ed (file) or replicated (Kafka) them.
  *
@@ -310,7 +310,7 @@ export class Vdisk implements BlockDevice {
     for (let i = 0; i < count; i++) {
       const b = first + i;
       blocks[i] = b;
-      const o = this.#overlay.size === 0 ? undefined : this.#overlay.get(b);
+      const o = this.#overlay.get(b);
       if (o) {
         slots[i] = SKIP;
         overlaid = true;
@@ -397,8 +397,13 @@ export class Vdisk implements BlockDevice {
     return false;
   }
 
+  /** Is there something to cut, and room in the pipeline for it? */
+  #canCut(): boolean {
+    return !this.#cutScheduled && this.#pending.size > 0 && this.#inflight < MAX_APPENDS_IN_FLIGHT && !this.#failed;
+  }
+
   #kick(): void {
-    if (this.#cutScheduled || this.#pending.size === 0 || this.#inflight >= MAX_APPENDS_IN_FLIGHT || this.#failed) return;
+    if (!this.#canCut()) return;
     if (this.#pending.size * this.blockSize < APPEND_DATA_BYTES && !this.#awaited()) {
       // A partial batch nobody waits for: NBD lets unflushed writes wait, so let
       // it grow for up to PARTIAL_CUT_DELAY_MS (fewer entries and fdatasyncs per write).
@@ -419,7 +424,7 @@ export class Vdisk implements BlockDevice {
       clearTimeout(this.#cutTimer);
       this.#cutTimer = null;
     }
-    if (this.#cutScheduled || this.#pending.size === 0 || this.#inflight >= MAX_APPENDS_IN_FLIGHT || this.#failed) return;
+    if (!this.#canCut()) return;
     this.#cutScheduled = true;
     setImmediate(() => {
       this.#cutScheduled = false;
